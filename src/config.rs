@@ -1,0 +1,216 @@
+//! Settings of `beephost serve`, resolved once before any port is bound.
+//!
+//! Precedence is flags > environment (BEEPHOST_*) > TOML file > defaults. Flags and env are
+//! read together by clap ([`crate::cli::ServeArgs`]); the file is [`FileConfig`]; the result is
+//! [`ServeSettings`], the only type the server sees. A bad setting is a [`ConfigError`], which
+//! exits with its own code before anything starts.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::cli::ServeArgs;
+use crate::orchestrator::RuntimeSource;
+
+/// The registry image a runtime comes from when nothing else is said.
+pub const DEFAULT_IMAGE: &str = "python:3.12-slim";
+/// Where the host listens when nothing else is said.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:5678";
+
+/// A setting that cannot be used; the message names it.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(pub String);
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Pretty,
+    Json,
+}
+
+/// The TOML config file (`--config`); every key is optional.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub listen: Option<String>,
+    pub token: Option<String>,
+    pub log_format: Option<LogFormat>,
+    pub rootfs: Option<PathBuf>,
+    pub image: Option<String>,
+    pub labels: Option<HashMap<String, String>>,
+    pub agent_binary: Option<PathBuf>,
+    pub prepare_runtime: Option<bool>,
+}
+
+impl FileConfig {
+    pub fn load(path: &Path) -> Result<FileConfig, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError(format!("cannot read config file {}: {e}", path.display())))?;
+        toml::from_str(&text)
+            .map_err(|e| ConfigError(format!("config file {}: {e}", path.display())))
+    }
+}
+
+/// Everything `serve` needs, resolved and validated.
+#[derive(Debug, Clone)]
+pub struct ServeSettings {
+    pub listen: SocketAddr,
+    /// Bearer token required on the API; `None` only on loopback addresses.
+    pub token: Option<String>,
+    pub log_format: LogFormat,
+    /// Where the default runtime comes from when none exists.
+    pub default_source: RuntimeSource,
+    /// Build the default runtime at start when none exists.
+    pub prepare_runtime: bool,
+    /// Stamped on everything the host creates.
+    pub labels: HashMap<String, String>,
+    /// Copied into runtime images as the agent.
+    pub agent_binary: PathBuf,
+}
+
+impl ServeSettings {
+    /// Resolves flags/env over the file over defaults, and validates the result.
+    pub fn resolve(args: &ServeArgs, token: Option<String>) -> Result<ServeSettings, ConfigError> {
+        let file = match &args.config {
+            Some(path) => FileConfig::load(path)?,
+            None => FileConfig::default(),
+        };
+        let listen_text = args
+            .listen
+            .clone()
+            .or(file.listen)
+            .unwrap_or_else(|| DEFAULT_LISTEN.to_string());
+        let listen: SocketAddr = listen_text.parse().map_err(|_| {
+            ConfigError(format!(
+                "listen address `{listen_text}` is not HOST:PORT (like 127.0.0.1:5678)"
+            ))
+        })?;
+        let token = token.or(file.token).filter(|t| !t.is_empty());
+        if token.is_none() && !listen.ip().is_loopback() && !args.insecure_no_auth {
+            return Err(ConfigError(format!(
+                "listening on {listen} without a token would let anyone on the network run code\n\
+                 hint: set BEEPHOST_TOKEN (or --token), or pass --insecure-no-auth to accept the risk"
+            )));
+        }
+        let default_source = match (&args.rootfs, &args.image) {
+            (Some(_), Some(_)) => {
+                return Err(ConfigError("give --rootfs or --image, not both".into()))
+            }
+            (Some(rootfs), None) => RuntimeSource::Rootfs(absolute(rootfs)?),
+            (None, Some(image)) => RuntimeSource::Image(image.clone()),
+            (None, None) => match (file.rootfs, file.image) {
+                (Some(rootfs), _) => RuntimeSource::Rootfs(absolute(&rootfs)?),
+                (None, Some(image)) => RuntimeSource::Image(image),
+                (None, None) => RuntimeSource::Image(DEFAULT_IMAGE.to_string()),
+            },
+        };
+        let mut labels = file.labels.unwrap_or_default();
+        if let Some(spec) = &args.labels {
+            labels.extend(crate::labels::parse_extra(spec).map_err(ConfigError)?);
+        }
+        if let Some(bad) = labels.keys().find(|k| !k.starts_with("io.beephost.")) {
+            return Err(ConfigError(format!(
+                "label `{bad}` must start with io.beephost."
+            )));
+        }
+        let agent_binary = match args.agent_binary.clone().or(file.agent_binary) {
+            Some(path) => path,
+            None => std::env::current_exe()
+                .map_err(|e| ConfigError(format!("cannot find the running executable: {e}")))?,
+        };
+        if !agent_binary.is_file() {
+            return Err(ConfigError(format!(
+                "agent binary {} is not a file",
+                agent_binary.display()
+            )));
+        }
+        Ok(ServeSettings {
+            listen,
+            token,
+            log_format: args
+                .log_format
+                .or(file.log_format)
+                .unwrap_or(LogFormat::Pretty),
+            default_source,
+            prepare_runtime: !args.no_prepare && file.prepare_runtime.unwrap_or(true),
+            labels,
+            agent_binary,
+        })
+    }
+}
+
+fn absolute(path: &Path) -> Result<PathBuf, ConfigError> {
+    std::path::absolute(path)
+        .map_err(|e| ConfigError(format!("rootfs path {}: {e}", path.display())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    fn args(argv: &[&str]) -> ServeArgs {
+        #[derive(Parser)]
+        struct Wrap {
+            #[command(flatten)]
+            serve: ServeArgs,
+        }
+        Wrap::try_parse_from(std::iter::once("serve").chain(argv.iter().copied()))
+            .unwrap()
+            .serve
+    }
+
+    fn resolve(args: &ServeArgs) -> Result<ServeSettings, ConfigError> {
+        ServeSettings::resolve(args, None)
+    }
+
+    #[test]
+    fn defaults_are_loopback_and_the_registry_image() {
+        let s = resolve(&args(&[])).unwrap();
+        assert_eq!(s.listen.to_string(), DEFAULT_LISTEN);
+        assert_eq!(s.default_source, RuntimeSource::Image(DEFAULT_IMAGE.into()));
+        assert!(s.token.is_none());
+        assert!(s.prepare_runtime);
+    }
+
+    #[test]
+    fn flags_beat_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("c.toml");
+        std::fs::write(
+            &file,
+            "listen = \"127.0.0.1:7000\"\nimage = \"python:3.11-slim\"\n[labels]\n\"io.beephost.team\" = \"a\"\n",
+        )
+        .unwrap();
+        let cfg = file.to_str().unwrap();
+        let s = resolve(&args(&["--config", cfg])).unwrap();
+        assert_eq!(s.listen.port(), 7000);
+        assert_eq!(
+            s.default_source,
+            RuntimeSource::Image("python:3.11-slim".into())
+        );
+        assert_eq!(s.labels["io.beephost.team"], "a");
+        let s = resolve(&args(&["--config", cfg, "--listen", "127.0.0.1:7001"])).unwrap();
+        assert_eq!(s.listen.port(), 7001);
+    }
+
+    #[test]
+    fn bad_settings_name_themselves() {
+        let e = resolve(&args(&["--listen", "nowhere"])).unwrap_err();
+        assert!(e.0.contains("`nowhere`"), "{e}");
+        let e = resolve(&args(&["--listen", "0.0.0.0:5678"])).unwrap_err();
+        assert!(e.0.contains("without a token"), "{e}");
+        assert!(
+            ServeSettings::resolve(&args(&["--listen", "0.0.0.0:5678"]), Some("t".into())).is_ok()
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("c.toml");
+        std::fs::write(&file, "listne = \"x\"\n").unwrap();
+        let e = resolve(&args(&["--config", file.to_str().unwrap()])).unwrap_err();
+        assert!(e.0.contains("listne"), "{e}");
+    }
+}

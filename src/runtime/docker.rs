@@ -1,0 +1,459 @@
+//! [`ContainerRuntime`] over a Docker engine, through bollard. The only module that imports it.
+//!
+//! The engine is found the way the docker CLI finds it (DOCKER_HOST or the local socket) and the
+//! API version is negotiated on first use, since the engines here answer API 1.41, older than
+//! bollard's default. A host started without an engine keeps serving: every call answers
+//! [`Error::Unavailable`] until the engine is back, and negotiation is retried.
+
+use std::path::Path;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use bollard::errors::Error as BollardError;
+use bollard::models::{ContainerCreateBody, HostConfig, HostConfigLogConfig};
+use bollard::query_parameters::{
+    BuildImageOptionsBuilder, CreateContainerOptionsBuilder, CreateImageOptionsBuilder,
+    ListImagesOptionsBuilder, LogsOptionsBuilder, RemoveContainerOptionsBuilder,
+    RemoveImageOptionsBuilder,
+};
+use bollard::Docker;
+use bytes::Bytes;
+use futures_util::{StreamExt, TryStreamExt};
+use tokio::sync::Mutex;
+
+use super::{
+    ContainerRuntime, EngineInfo, EngineProgress, Error, ImageInfo, Labels, ProgressFn, Result,
+    RunOnce, RunOutput,
+};
+
+/// How long negotiating with (or pinging) the engine may take before it counts as unreachable.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Cap on what a [`RunOnce`] container's output we keep.
+const RUN_OUTPUT_CAP: usize = 64 * 1024;
+
+/// A Docker engine, connected lazily.
+pub struct DockerRuntime {
+    /// The negotiated client; `None` until the engine first answers.
+    client: Mutex<Option<Docker>>,
+}
+
+impl DockerRuntime {
+    /// A runtime for the engine DOCKER_HOST (or the local socket) names. Does not connect.
+    pub fn from_env() -> Self {
+        DockerRuntime {
+            client: Mutex::new(None),
+        }
+    }
+
+    /// The negotiated client, connecting first if needed.
+    async fn client(&self) -> Result<Docker> {
+        let mut guard = self.client.lock().await;
+        if let Some(client) = guard.as_ref() {
+            return Ok(client.clone());
+        }
+        let docker = Docker::connect_with_defaults()
+            .map_err(|e| Error::Unavailable(format!("cannot use the docker engine: {e}")))?
+            .with_timeout(Duration::from_secs(3600));
+        let negotiated = tokio::time::timeout(CONNECT_TIMEOUT, docker.negotiate_version())
+            .await
+            .map_err(|_| Error::Unavailable("the docker engine did not answer within 5s".into()))?
+            .map_err(|e| unavailable_or("negotiate_version", e))?;
+        *guard = Some(negotiated.clone());
+        Ok(negotiated)
+    }
+
+    /// Forgets the client after a connection failure, so the next call negotiates again.
+    async fn reset_on_unavailable<T>(&self, result: Result<T>) -> Result<T> {
+        if matches!(result, Err(Error::Unavailable(_))) {
+            *self.client.lock().await = None;
+        }
+        result
+    }
+
+    async fn image_info(&self, docker: &Docker, reference: &str) -> Result<Option<ImageInfo>> {
+        match docker.inspect_image(reference).await {
+            Ok(i) => {
+                let config = i.config.unwrap_or_default();
+                Ok(Some(ImageInfo {
+                    id: i.id.unwrap_or_default(),
+                    tags: i.repo_tags.unwrap_or_default(),
+                    labels: config.labels.unwrap_or_default(),
+                    size: i.size.unwrap_or(0).max(0) as u64,
+                    created: i.created.unwrap_or_default(),
+                }))
+            }
+            Err(BollardError::DockerResponseServerError {
+                status_code: 404, ..
+            }) => Ok(None),
+            Err(e) => Err(map_err("inspect_image", e)),
+        }
+    }
+
+    async fn must_inspect(&self, docker: &Docker, reference: &str) -> Result<ImageInfo> {
+        self.image_info(docker, reference)
+            .await?
+            .ok_or_else(|| Error::NotFound {
+                what: "image",
+                name: reference.to_string(),
+            })
+    }
+
+    async fn run_in(&self, docker: &Docker, name: &str, spec: &RunOnce) -> Result<RunOutput> {
+        docker
+            .start_container(name, None)
+            .await
+            .map_err(|e| map_err("start_container", e))?;
+        let wait = async {
+            let mut stream = docker.wait_container(name, None);
+            match stream.next().await {
+                Some(Ok(r)) => Ok(r.status_code),
+                Some(Err(BollardError::DockerContainerWaitError { code, .. })) => Ok(code),
+                Some(Err(e)) => Err(map_err("wait_container", e)),
+                None => Err(Error::Engine {
+                    op: "wait_container",
+                    message: "wait stream ended without a status".into(),
+                }),
+            }
+        };
+        let exit_code = tokio::time::timeout(Duration::from_secs(spec.timeout_secs.max(1)), wait)
+            .await
+            .map_err(|_| Error::Engine {
+                op: "run_once",
+                message: format!(
+                    "`{}` did not finish in {}s",
+                    spec.cmd.join(" "),
+                    spec.timeout_secs
+                ),
+            })??;
+        let mut stdout = Vec::new();
+        let mut stderr = Vec::new();
+        let opts = LogsOptionsBuilder::new().stdout(true).stderr(true).build();
+        let mut logs = docker.logs(name, Some(opts));
+        while let Some(item) = logs.next().await {
+            match item.map_err(|e| map_err("logs", e))? {
+                bollard::container::LogOutput::StdOut { message } => {
+                    push_capped(&mut stdout, &message)
+                }
+                bollard::container::LogOutput::StdErr { message } => {
+                    push_capped(&mut stderr, &message)
+                }
+                _ => {}
+            }
+        }
+        Ok(RunOutput {
+            exit_code,
+            stdout: String::from_utf8_lossy(&stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&stderr).into_owned(),
+        })
+    }
+}
+
+fn push_capped(buf: &mut Vec<u8>, bytes: &[u8]) {
+    let room = RUN_OUTPUT_CAP.saturating_sub(buf.len());
+    buf.extend_from_slice(&bytes[..bytes.len().min(room)]);
+}
+
+/// Classifies a bollard error: transport failures mean the engine is unavailable.
+fn map_err(op: &'static str, e: BollardError) -> Error {
+    unavailable_or(op, e)
+}
+
+fn unavailable_or(op: &'static str, e: BollardError) -> Error {
+    match e {
+        BollardError::DockerResponseServerError {
+            status_code: 404,
+            message,
+        } => Error::NotFound {
+            what: "object",
+            name: message,
+        },
+        BollardError::DockerResponseServerError { message, .. } => Error::Engine {
+            op,
+            message: message.trim().to_string(),
+        },
+        BollardError::DockerStreamError { error } => Error::Engine {
+            op,
+            message: error.trim().to_string(),
+        },
+        BollardError::IOError { .. }
+        | BollardError::HyperResponseError { .. }
+        | BollardError::SocketNotFoundError(_)
+        | BollardError::RequestTimeoutError
+        | BollardError::HyperLegacyError { .. } => {
+            Error::Unavailable(format!("the docker engine is unreachable ({op}): {e}"))
+        }
+        other => Error::Engine {
+            op,
+            message: other.to_string(),
+        },
+    }
+}
+
+fn label_filters(labels: &Labels) -> std::collections::HashMap<String, Vec<String>> {
+    let mut values: Vec<String> = labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    values.sort();
+    std::collections::HashMap::from([("label".to_string(), values)])
+}
+
+fn epoch_to_rfc3339(secs: i64) -> String {
+    let t = UNIX_EPOCH + Duration::from_secs(secs.max(0) as u64);
+    humantime::format_rfc3339_seconds(t).to_string()
+}
+
+fn progress_of(
+    id: Option<String>,
+    status: Option<String>,
+    detail: Option<bollard::models::ProgressDetail>,
+) -> Option<EngineProgress> {
+    let status = status?;
+    let detail = detail.unwrap_or_default();
+    Some(EngineProgress {
+        id: id.filter(|s| !s.is_empty()),
+        status: status.trim_end().to_string(),
+        current: detail.current.map(|c| c.max(0) as u64),
+        total: detail.total.filter(|t| *t > 0).map(|t| t as u64),
+    })
+}
+
+#[async_trait]
+impl ContainerRuntime for DockerRuntime {
+    async fn ping(&self) -> Result<EngineInfo> {
+        let result = async {
+            let docker = self.client().await?;
+            let v = tokio::time::timeout(CONNECT_TIMEOUT, docker.version())
+                .await
+                .map_err(|_| {
+                    Error::Unavailable("the docker engine did not answer within 5s".into())
+                })?
+                .map_err(|e| map_err("version", e))?;
+            Ok(EngineInfo {
+                version: v.version.unwrap_or_default(),
+                api_version: v.api_version.unwrap_or_default(),
+            })
+        }
+        .await;
+        self.reset_on_unavailable(result).await
+    }
+
+    async fn list_images(&self, labels: &Labels) -> Result<Vec<ImageInfo>> {
+        let docker = self.client().await?;
+        let opts = ListImagesOptionsBuilder::new()
+            .filters(&label_filters(labels))
+            .build();
+        let result = docker
+            .list_images(Some(opts))
+            .await
+            .map_err(|e| map_err("list_images", e));
+        let images = self.reset_on_unavailable(result).await?;
+        Ok(images
+            .into_iter()
+            .map(|i| ImageInfo {
+                id: i.id,
+                tags: i
+                    .repo_tags
+                    .into_iter()
+                    .filter(|t| t != "<none>:<none>")
+                    .collect(),
+                labels: i.labels,
+                size: i.size.max(0) as u64,
+                created: epoch_to_rfc3339(i.created),
+            })
+            .collect())
+    }
+
+    async fn inspect_image(&self, reference: &str) -> Result<Option<ImageInfo>> {
+        let docker = self.client().await?;
+        let result = self.image_info(&docker, reference).await;
+        self.reset_on_unavailable(result).await
+    }
+
+    async fn pull_image(&self, reference: &str, progress: ProgressFn<'_>) -> Result<ImageInfo> {
+        let docker = self.client().await?;
+        let opts = CreateImageOptionsBuilder::new()
+            .from_image(reference)
+            .build();
+        let mut stream = docker.create_image(Some(opts), None, None);
+        while let Some(item) = stream.next().await {
+            let info = item.map_err(|e| map_err("pull_image", e))?;
+            if let Some(detail) = info.error_detail {
+                return Err(Error::Engine {
+                    op: "pull_image",
+                    message: detail.message.unwrap_or_default(),
+                });
+            }
+            if let Some(p) = progress_of(info.id, info.status, info.progress_detail) {
+                progress(p);
+            }
+        }
+        self.must_inspect(&docker, reference).await
+    }
+
+    async fn import_rootfs(
+        &self,
+        path: &Path,
+        tag: &str,
+        labels: &Labels,
+        progress: ProgressFn<'_>,
+    ) -> Result<ImageInfo> {
+        let docker = self.client().await?;
+        let file = tokio::fs::File::open(path)
+            .await
+            .map_err(|e| Error::Engine {
+                op: "import_rootfs",
+                message: format!("cannot open {}: {e}", path.display()),
+            })?;
+        let total = file.metadata().await.map(|m| m.len()).ok();
+        let mut sent = 0u64;
+        let mut last_report = SystemTime::UNIX_EPOCH;
+        let body = tokio_util::io::ReaderStream::with_capacity(file, 1 << 20);
+        // Progress is reported as the engine consumes the upload.
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<u64>();
+        let body = body.inspect_ok(move |chunk| {
+            let _ = tx.send(chunk.len() as u64);
+        });
+        let (repo, tag_part) = tag.rsplit_once(':').unwrap_or((tag, "latest"));
+        let mut changes: Vec<String> = labels
+            .iter()
+            .map(|(k, v)| format!("LABEL {k}={}", serde_json::Value::String(v.clone())))
+            .collect();
+        changes.sort();
+        let opts = CreateImageOptionsBuilder::new()
+            .from_src("-")
+            .repo(repo)
+            .tag(tag_part)
+            .changes(changes)
+            .build();
+        let mut stream =
+            docker.create_image(Some(opts), Some(bollard::body_try_stream(body)), None);
+        let mut image_id = None;
+        loop {
+            tokio::select! {
+                Some(n) = rx.recv() => {
+                    sent += n;
+                    let now = SystemTime::now();
+                    if now.duration_since(last_report).unwrap_or_default() > Duration::from_millis(200) {
+                        last_report = now;
+                        progress(EngineProgress { id: None, status: "uploading".into(), current: Some(sent), total });
+                    }
+                }
+                item = stream.next() => {
+                    let Some(item) = item else { break };
+                    let info = item.map_err(|e| map_err("import_rootfs", e))?;
+                    if let Some(detail) = info.error_detail {
+                        return Err(Error::Engine { op: "import_rootfs", message: detail.message.unwrap_or_default() });
+                    }
+                    // The engine's last status line is the new image's id.
+                    if let Some(status) = info.status {
+                        if status.starts_with("sha256:") {
+                            image_id = Some(status.trim().to_string());
+                        }
+                    }
+                }
+            }
+        }
+        progress(EngineProgress {
+            id: None,
+            status: "imported".into(),
+            current: total,
+            total,
+        });
+        let reference = image_id.unwrap_or_else(|| tag.to_string());
+        self.must_inspect(&docker, &reference).await
+    }
+
+    async fn build_image(
+        &self,
+        context: Bytes,
+        tag: &str,
+        labels: &Labels,
+        progress: ProgressFn<'_>,
+    ) -> Result<ImageInfo> {
+        let docker = self.client().await?;
+        let opts = BuildImageOptionsBuilder::new()
+            .dockerfile("Dockerfile")
+            .t(tag)
+            .rm(true)
+            .forcerm(true)
+            .labels(labels)
+            .build();
+        let mut stream = docker.build_image(opts, None, Some(bollard::body_full(context)));
+        let mut image_id = None;
+        while let Some(item) = stream.next().await {
+            let info = item.map_err(|e| map_err("build_image", e))?;
+            if let Some(detail) = info.error_detail {
+                return Err(Error::Engine {
+                    op: "build_image",
+                    message: detail.message.unwrap_or_default(),
+                });
+            }
+            if let Some(aux) = info.aux.and_then(|a| a.id) {
+                image_id = Some(aux);
+            }
+            if let Some(line) = info.stream {
+                let line = line.trim();
+                if !line.is_empty() {
+                    progress(EngineProgress {
+                        id: None,
+                        status: line.to_string(),
+                        current: None,
+                        total: None,
+                    });
+                }
+            }
+        }
+        let reference = image_id.unwrap_or_else(|| tag.to_string());
+        self.must_inspect(&docker, &reference).await
+    }
+
+    async fn run_once(&self, spec: &RunOnce) -> Result<RunOutput> {
+        let docker = self.client().await?;
+        let body = ContainerCreateBody {
+            image: Some(spec.image.clone()),
+            cmd: Some(spec.cmd.clone()),
+            entrypoint: Some(vec![]),
+            user: spec.user.clone(),
+            labels: Some(spec.labels.clone()),
+            network_disabled: Some(true),
+            host_config: Some(HostConfig {
+                network_mode: Some("none".into()),
+                cap_drop: Some(vec!["ALL".into()]),
+                security_opt: Some(vec!["no-new-privileges".into()]),
+                memory: Some(512 * 1024 * 1024),
+                pids_limit: Some(256),
+                log_config: Some(HostConfigLogConfig {
+                    typ: Some("json-file".into()),
+                    config: None,
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let name = format!("beephost-run-{}", hex::encode(rand::random::<[u8; 6]>()));
+        let opts = CreateContainerOptionsBuilder::new().name(&name).build();
+        docker
+            .create_container(Some(opts), body)
+            .await
+            .map_err(|e| map_err("create_container", e))?;
+        let result = self.run_in(&docker, &name, spec).await;
+        let rm = RemoveContainerOptionsBuilder::new()
+            .force(true)
+            .v(true)
+            .build();
+        if let Err(e) = docker.remove_container(&name, Some(rm)).await {
+            tracing::warn!(container = %name, error = %e, "could not remove a probe container");
+        }
+        result
+    }
+
+    async fn remove_image(&self, id: &str) -> Result<()> {
+        let docker = self.client().await?;
+        let opts = RemoveImageOptionsBuilder::new().force(true).build();
+        match docker.remove_image(id, Some(opts), None).await {
+            Ok(_) => Ok(()),
+            Err(BollardError::DockerResponseServerError {
+                status_code: 404, ..
+            }) => Ok(()),
+            Err(e) => Err(map_err("remove_image", e)),
+        }
+    }
+}

@@ -1,0 +1,218 @@
+//! A recording, in-memory [`ContainerRuntime`] for unit tests of orchestration logic.
+//!
+//! It keeps images in a map, records every call by name, and can be told to be unreachable or
+//! to have no Python. Tests against the real engine live in tests/it; this is never a
+//! substitute for them.
+
+use std::path::Path;
+use std::sync::Mutex;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+
+use super::{
+    ContainerRuntime, EngineInfo, Error, ImageInfo, Labels, ProgressFn, Result, RunOnce, RunOutput,
+};
+
+/// Scripted engine state.
+#[derive(Default)]
+pub struct FakeRuntime {
+    state: Mutex<State>,
+}
+
+#[derive(Default)]
+struct State {
+    images: Vec<ImageInfo>,
+    calls: Vec<String>,
+    unavailable: bool,
+    /// What `python3 --version`-style probes print; `None` means the image has no python3.
+    python: Option<String>,
+    next_id: u64,
+}
+
+impl FakeRuntime {
+    /// An engine whose images run Python `python`.
+    pub fn with_python(python: &str) -> Self {
+        let fake = FakeRuntime::default();
+        fake.state.lock().unwrap().python = Some(python.to_string());
+        fake
+    }
+
+    /// Makes every later call fail as if the engine were down (or back up).
+    pub fn set_unavailable(&self, down: bool) {
+        self.state.lock().unwrap().unavailable = down;
+    }
+
+    /// Adds an image as if it had been pulled.
+    pub fn add_image(&self, reference: &str) {
+        let mut s = self.state.lock().unwrap();
+        let id = s.new_id();
+        s.images.push(ImageInfo {
+            id,
+            tags: vec![reference.to_string()],
+            labels: Labels::new(),
+            size: 1,
+            created: "2026-01-01T00:00:00Z".into(),
+        });
+    }
+
+    /// The operations called so far, in order.
+    pub fn calls(&self) -> Vec<String> {
+        self.state.lock().unwrap().calls.clone()
+    }
+
+    pub fn images(&self) -> Vec<ImageInfo> {
+        self.state.lock().unwrap().images.clone()
+    }
+
+    fn enter(&self, call: &str) -> Result<std::sync::MutexGuard<'_, State>> {
+        let mut s = self.state.lock().unwrap();
+        s.calls.push(call.to_string());
+        if s.unavailable {
+            return Err(Error::Unavailable("fake engine is down".into()));
+        }
+        Ok(s)
+    }
+}
+
+impl State {
+    fn new_id(&mut self) -> String {
+        self.next_id += 1;
+        format!("sha256:{:064x}", self.next_id)
+    }
+
+    fn create(&mut self, tag: &str, labels: &Labels) -> ImageInfo {
+        for image in &mut self.images {
+            image.tags.retain(|t| t != tag);
+        }
+        let image = ImageInfo {
+            id: self.new_id(),
+            tags: vec![tag.to_string()],
+            labels: labels.clone(),
+            size: 1,
+            created: "2026-01-01T00:00:00Z".into(),
+        };
+        self.images.push(image.clone());
+        image
+    }
+
+    fn find(&self, reference: &str) -> Option<ImageInfo> {
+        self.images
+            .iter()
+            .find(|i| i.id == reference || i.tags.iter().any(|t| t == reference))
+            .cloned()
+    }
+}
+
+#[async_trait]
+impl ContainerRuntime for FakeRuntime {
+    async fn ping(&self) -> Result<EngineInfo> {
+        drop(self.enter("ping")?);
+        Ok(EngineInfo {
+            version: "fake".into(),
+            api_version: "1.41".into(),
+        })
+    }
+
+    async fn list_images(&self, labels: &Labels) -> Result<Vec<ImageInfo>> {
+        let s = self.enter("list_images")?;
+        Ok(s.images
+            .iter()
+            .filter(|i| labels.iter().all(|(k, v)| i.labels.get(k) == Some(v)))
+            .cloned()
+            .collect())
+    }
+
+    async fn inspect_image(&self, reference: &str) -> Result<Option<ImageInfo>> {
+        let s = self.enter("inspect_image")?;
+        Ok(s.find(reference))
+    }
+
+    async fn pull_image(&self, reference: &str, _progress: ProgressFn<'_>) -> Result<ImageInfo> {
+        let s = self.enter("pull_image")?;
+        s.find(reference).ok_or_else(|| Error::Engine {
+            op: "pull_image",
+            message: format!("pull access denied for {reference}"),
+        })
+    }
+
+    async fn import_rootfs(
+        &self,
+        _path: &Path,
+        tag: &str,
+        labels: &Labels,
+        _progress: ProgressFn<'_>,
+    ) -> Result<ImageInfo> {
+        let mut s = self.enter("import_rootfs")?;
+        Ok(s.create(tag, labels))
+    }
+
+    async fn build_image(
+        &self,
+        context: Bytes,
+        tag: &str,
+        labels: &Labels,
+        _progress: ProgressFn<'_>,
+    ) -> Result<ImageInfo> {
+        let mut s = self.enter("build_image")?;
+        let mut all = labels.clone();
+        all.extend(dockerfile_labels(&context));
+        Ok(s.create(tag, &all))
+    }
+
+    async fn run_once(&self, spec: &RunOnce) -> Result<RunOutput> {
+        let s = self.enter("run_once")?;
+        // Built runtime images run as the sandbox user; probes ask for the version.
+        let asks_uid = spec.cmd.iter().any(|a| a.contains("getuid"));
+        match &s.python {
+            Some(version) => Ok(RunOutput {
+                exit_code: 0,
+                stdout: if asks_uid {
+                    "10001\n".into()
+                } else {
+                    format!("{version}\n")
+                },
+                stderr: String::new(),
+            }),
+            None => Err(Error::Engine {
+                op: "start_container",
+                message: "exec: \"python3\": executable file not found in $PATH".into(),
+            }),
+        }
+    }
+
+    async fn remove_image(&self, id: &str) -> Result<()> {
+        let mut s = self.enter("remove_image")?;
+        s.images
+            .retain(|i| i.id != id && !i.tags.iter().any(|t| t == id));
+        Ok(())
+    }
+}
+
+/// The labels a context's Dockerfile sets with `LABEL k="v" …`, as the engine would apply them.
+fn dockerfile_labels(context: &[u8]) -> Labels {
+    let mut labels = Labels::new();
+    let mut archive = tar::Archive::new(context);
+    let Ok(entries) = archive.entries() else {
+        return labels;
+    };
+    for mut entry in entries.flatten() {
+        if entry
+            .path()
+            .map(|p| p.as_os_str() == "Dockerfile")
+            .unwrap_or(false)
+        {
+            let mut text = String::new();
+            let _ = std::io::Read::read_to_string(&mut entry, &mut text);
+            for line in text.lines().filter_map(|l| l.strip_prefix("LABEL ")) {
+                let mut rest = line.trim();
+                while let Some((key, value)) = rest.split_once("=\"") {
+                    let end = value.find('"').unwrap_or(value.len());
+                    labels.insert(key.trim().to_string(), value[..end].to_string());
+                    rest = value.get(end + 1..).unwrap_or("");
+                }
+            }
+        }
+    }
+    labels
+}
