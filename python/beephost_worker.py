@@ -128,11 +128,11 @@ class Session:
         except BaseException as e:
             return {"error": self.describe(e)}
 
-    def run_user(self, fn, *args):
+    def run_user(self, fn, /, *args, **kwargs):
         """Calls user code with KeyboardInterrupt enabled (see on_sigint)."""
         self.in_user = True
         try:
-            return fn(*args)
+            return fn(*args, **kwargs)
         finally:
             self.in_user = False
 
