@@ -13,8 +13,8 @@ use bollard::errors::Error as BollardError;
 use bollard::models::{ContainerCreateBody, HostConfig, HostConfigLogConfig};
 use bollard::query_parameters::{
     BuildImageOptionsBuilder, CreateContainerOptionsBuilder, CreateImageOptionsBuilder,
-    ListImagesOptionsBuilder, LogsOptionsBuilder, RemoveContainerOptionsBuilder,
-    RemoveImageOptionsBuilder,
+    ListContainersOptionsBuilder, ListImagesOptionsBuilder, LogsOptionsBuilder,
+    RemoveContainerOptionsBuilder, RemoveImageOptionsBuilder,
 };
 use bollard::Docker;
 use bytes::Bytes;
@@ -22,8 +22,8 @@ use futures_util::{StreamExt, TryStreamExt};
 use tokio::sync::Mutex;
 
 use super::{
-    ContainerRuntime, EngineInfo, EngineProgress, Error, ImageInfo, Labels, ProgressFn, Result,
-    RunOnce, RunOutput,
+    ContainerInfo, ContainerRuntime, EngineInfo, EngineProgress, Error, ImageInfo, Labels,
+    ProgressFn, Result, RunOnce, RunOutput,
 };
 
 /// How long negotiating with (or pinging) the engine may take before it counts as unreachable.
@@ -454,6 +454,48 @@ impl ContainerRuntime for DockerRuntime {
                 status_code: 404, ..
             }) => Ok(()),
             Err(e) => Err(map_err("remove_image", e)),
+        }
+    }
+
+    async fn list_containers(&self, labels: &Labels) -> Result<Vec<ContainerInfo>> {
+        let docker = self.client().await?;
+        let opts = ListContainersOptionsBuilder::new()
+            .all(true)
+            .filters(&label_filters(labels))
+            .build();
+        let result = docker
+            .list_containers(Some(opts))
+            .await
+            .map_err(|e| map_err("list_containers", e));
+        let containers = self.reset_on_unavailable(result).await?;
+        Ok(containers
+            .into_iter()
+            .map(|c| ContainerInfo {
+                id: c.id.unwrap_or_default(),
+                name: c
+                    .names
+                    .and_then(|n| n.into_iter().next())
+                    .map(|n| n.trim_start_matches('/').to_string())
+                    .unwrap_or_default(),
+                labels: c.labels.unwrap_or_default(),
+                state: c.state.map(|s| s.to_string()).unwrap_or_default(),
+                created: c.created.unwrap_or(0),
+            })
+            .collect())
+    }
+
+    async fn remove_container(&self, id: &str) -> Result<()> {
+        let docker = self.client().await?;
+        let opts = RemoveContainerOptionsBuilder::new()
+            .force(true)
+            .v(true)
+            .build();
+        match docker.remove_container(id, Some(opts)).await {
+            Ok(()) => Ok(()),
+            Err(BollardError::DockerResponseServerError {
+                status_code: 404, ..
+            }) => Ok(()),
+            Err(e) => Err(map_err("remove_container", e)),
         }
     }
 }

@@ -11,7 +11,8 @@ use async_trait::async_trait;
 use bytes::Bytes;
 
 use super::{
-    ContainerRuntime, EngineInfo, Error, ImageInfo, Labels, ProgressFn, Result, RunOnce, RunOutput,
+    ContainerInfo, ContainerRuntime, EngineInfo, Error, ImageInfo, Labels, ProgressFn, Result,
+    RunOnce, RunOutput,
 };
 
 /// Scripted engine state.
@@ -23,6 +24,7 @@ pub struct FakeRuntime {
 #[derive(Default)]
 struct State {
     images: Vec<ImageInfo>,
+    containers: Vec<ContainerInfo>,
     calls: Vec<String>,
     unavailable: bool,
     /// What `python3 --version`-style probes print; `None` means the image has no python3.
@@ -185,6 +187,21 @@ impl ContainerRuntime for FakeRuntime {
         let mut s = self.enter("remove_image")?;
         s.images
             .retain(|i| i.id != id && !i.tags.iter().any(|t| t == id));
+        Ok(())
+    }
+
+    async fn list_containers(&self, labels: &Labels) -> Result<Vec<ContainerInfo>> {
+        let s = self.enter("list_containers")?;
+        Ok(s.containers
+            .iter()
+            .filter(|c| labels.iter().all(|(k, v)| c.labels.get(k) == Some(v)))
+            .cloned()
+            .collect())
+    }
+
+    async fn remove_container(&self, id: &str) -> Result<()> {
+        let mut s = self.enter("remove_container")?;
+        s.containers.retain(|c| c.id != id && c.name != id);
         Ok(())
     }
 }

@@ -60,6 +60,19 @@ pub struct RunOutput {
     pub stderr: String,
 }
 
+/// A container as the orchestrator needs to see it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ContainerInfo {
+    pub id: String,
+    /// Without the engine's leading `/`.
+    pub name: String,
+    pub labels: Labels,
+    /// `running`, `exited`, `created`, …
+    pub state: String,
+    /// Seconds since the epoch.
+    pub created: i64,
+}
+
 /// What the engine says about itself.
 #[derive(Debug, Clone, PartialEq)]
 pub struct EngineInfo {
@@ -121,4 +134,8 @@ pub trait ContainerRuntime: Send + Sync + 'static {
     async fn run_once(&self, spec: &RunOnce) -> Result<RunOutput>;
     /// Removes an image (and its tags); absent images are not an error.
     async fn remove_image(&self, id: &str) -> Result<()>;
+    /// Containers (running or not) carrying every one of `labels`.
+    async fn list_containers(&self, labels: &Labels) -> Result<Vec<ContainerInfo>>;
+    /// Force-removes a container and its anonymous volumes; absent ones are not an error.
+    async fn remove_container(&self, id: &str) -> Result<()>;
 }
