@@ -186,8 +186,10 @@ class Session:
         return value
 
     def arguments(self, request):
-        args = request.get("args") or []
-        kwargs = request.get("kwargs") or {}
+        args = request.get("args")
+        kwargs = request.get("kwargs")
+        args = [] if args is None else args
+        kwargs = {} if kwargs is None else kwargs
         if type(args) is not list:
             raise OpError("BadRequest", "field `args`: expected a list")
         if type(kwargs) is not dict:
