@@ -107,7 +107,9 @@ impl Capture {
         if data.len() > room {
             self.current.truncated = true;
         }
-        self.current.bytes.extend_from_slice(&data[..data.len().min(room)]);
+        self.current
+            .bytes
+            .extend_from_slice(&data[..data.len().min(room)]);
     }
 }
 
@@ -175,7 +177,10 @@ mod tests {
 
     #[test]
     fn invalid_utf8_is_replaced() {
-        let c = Captured { bytes: vec![b'a', 0xff, b'b'], truncated: false };
+        let c = Captured {
+            bytes: vec![b'a', 0xff, b'b'],
+            truncated: false,
+        };
         assert_eq!(c.text(), "a\u{fffd}b");
     }
 }

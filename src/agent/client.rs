@@ -39,11 +39,19 @@ pub enum ClientError {
     Handshake(String),
     /// User code raised an exception.
     #[error("{kind}: {message}")]
-    Python { kind: String, message: String, traceback: String },
+    Python {
+        kind: String,
+        message: String,
+        traceback: String,
+    },
     #[error("{message}")]
     Timeout { message: String, session_lost: bool },
     #[error("{message}")]
-    WorkerDied { message: String, exit_code: Option<i32>, signal: Option<i32> },
+    WorkerDied {
+        message: String,
+        exit_code: Option<i32>,
+        signal: Option<i32>,
+    },
     #[error("{message}")]
     WorkerStartFailed { message: String },
     #[error("{message}")]
@@ -71,7 +79,10 @@ pub enum ClientError {
     #[error("{kind}: {message}")]
     Agent { kind: String, message: String },
     #[error("reply to `{op}` could not be decoded: {source}")]
-    Decode { op: &'static str, source: serde_json::Error },
+    Decode {
+        op: &'static str,
+        source: serde_json::Error,
+    },
     #[error(transparent)]
     Encode(#[from] ProtocolError),
 }
@@ -98,10 +109,20 @@ impl From<ErrorInfo> for ClientError {
             };
         };
         match kind {
-            ErrorKind::Timeout => ClientError::Timeout { message, session_lost: e.session_lost.unwrap_or(false) },
-            ErrorKind::WorkerDied => ClientError::WorkerDied { message, exit_code: e.exit_code, signal: e.signal },
+            ErrorKind::Timeout => ClientError::Timeout {
+                message,
+                session_lost: e.session_lost.unwrap_or(false),
+            },
+            ErrorKind::WorkerDied => ClientError::WorkerDied {
+                message,
+                exit_code: e.exit_code,
+                signal: e.signal,
+            },
             ErrorKind::WorkerStartFailed => ClientError::WorkerStartFailed { message },
-            ErrorKind::TooManySessions => ClientError::TooManySessions { message, limit: e.limit },
+            ErrorKind::TooManySessions => ClientError::TooManySessions {
+                message,
+                limit: e.limit,
+            },
             ErrorKind::NoSuchSession => ClientError::NoSuchSession { message },
             ErrorKind::SessionClosed => ClientError::SessionClosed { message },
             ErrorKind::SessionBusy => ClientError::SessionBusy { message },
@@ -111,11 +132,15 @@ impl From<ErrorInfo> for ClientError {
             }
             ErrorKind::FrameTooLarge => ClientError::FrameTooLarge { message },
             ErrorKind::PathRefused => ClientError::PathRefused { message },
-            ErrorKind::FileTooLarge => ClientError::FileTooLarge { message, limit: e.limit },
+            ErrorKind::FileTooLarge => ClientError::FileTooLarge {
+                message,
+                limit: e.limit,
+            },
             ErrorKind::NotFound => ClientError::NotFound { message },
-            ErrorKind::FileError | ErrorKind::WorkerProtocol => {
-                ClientError::Agent { kind: e.kind, message }
-            }
+            ErrorKind::FileError | ErrorKind::WorkerProtocol => ClientError::Agent {
+                kind: e.kind,
+                message,
+            },
         }
     }
 }
@@ -137,7 +162,10 @@ pub struct CallOpts {
 
 impl CallOpts {
     pub fn session(name: impl Into<String>) -> Self {
-        CallOpts { session: Some(name.into()), timeout: None }
+        CallOpts {
+            session: Some(name.into()),
+            timeout: None,
+        }
     }
 
     pub fn timeout(mut self, timeout: Duration) -> Self {
@@ -161,7 +189,9 @@ impl State {
             self.closed = Some(reason.to_owned());
         }
         for (_, tx) in self.pending.drain() {
-            let _ = tx.send(Err(ClientError::BackendGone { reason: reason.to_owned() }));
+            let _ = tx.send(Err(ClientError::BackendGone {
+                reason: reason.to_owned(),
+            }));
         }
     }
 }
@@ -232,10 +262,16 @@ impl AgentClient {
         // Padding first: it completes any header a previous host left half-written, so the
         // agent's decoder is at a frame boundary (or skipping garbage) when our hello arrives.
         let _ = self.inner.out.send(Bytes::from_static(&[0u8; 8]));
-        let op = Op::Hello(Hello { nonce: nonce.clone(), protocol: PROTOCOL_VERSION });
+        let op = Op::Hello(Hello {
+            nonce: nonce.clone(),
+            protocol: PROTOCOL_VERSION,
+        });
         let reply: HelloReply = self.typed(&CallOpts::default(), op).await?;
         if reply.nonce != nonce {
-            return Err(ClientError::Handshake(format!("agent echoed nonce `{}`", reply.nonce)));
+            return Err(ClientError::Handshake(format!(
+                "agent echoed nonce `{}`",
+                reply.nonce
+            )));
         }
         if reply.protocol != PROTOCOL_VERSION {
             return Err(ClientError::Handshake(format!(
@@ -265,7 +301,9 @@ impl AgentClient {
         {
             let mut state = lock(&self.inner.state);
             if let Some(reason) = &state.closed {
-                return Err(ClientError::BackendGone { reason: reason.clone() });
+                return Err(ClientError::BackendGone {
+                    reason: reason.clone(),
+                });
             }
             state.pending.insert(id, tx);
         }
@@ -273,12 +311,17 @@ impl AgentClient {
             lock(&self.inner.state).close("writer stopped");
         }
         let body = rx.await.unwrap_or_else(|_| {
-            Err(ClientError::BackendGone { reason: "client dropped".into() })
+            Err(ClientError::BackendGone {
+                reason: "client dropped".into(),
+            })
         })?;
         match body {
             Body::Ok(v) => Ok(v),
             Body::Error(e) => Err(e.into()),
-            Body::Event(e) => Err(ClientError::Agent { kind: "Event".into(), message: e.message }),
+            Body::Event(e) => Err(ClientError::Agent {
+                kind: "Event".into(),
+                message: e.message,
+            }),
         }
     }
 
@@ -299,7 +342,13 @@ impl AgentClient {
     /// Runs code; a Python exception, timeout or dead worker is in the reply's `error`
     /// (see [`ExecReply::failure`]) so that the output captured until then is kept.
     pub async fn exec(&self, opts: &CallOpts, code: &str) -> Result<ExecReply, ClientError> {
-        self.typed(opts, Op::Exec(Exec { code: code.to_owned() })).await
+        self.typed(
+            opts,
+            Op::Exec(Exec {
+                code: code.to_owned(),
+            }),
+        )
+        .await
     }
 
     pub async fn eval(
@@ -308,14 +357,31 @@ impl AgentClient {
         expression: &str,
         locals: Option<Map<String, Value>>,
     ) -> Result<ObjectReply, ClientError> {
-        self.typed(opts, Op::Eval(Eval { expression: expression.to_owned(), locals })).await
+        self.typed(
+            opts,
+            Op::Eval(Eval {
+                expression: expression.to_owned(),
+                locals,
+            }),
+        )
+        .await
     }
 
     pub async fn import(&self, opts: &CallOpts, module: &str) -> Result<ObjectReply, ClientError> {
-        self.typed(opts, Op::Import(Import { module: module.to_owned() })).await
+        self.typed(
+            opts,
+            Op::Import(Import {
+                module: module.to_owned(),
+            }),
+        )
+        .await
     }
 
-    pub async fn create(&self, opts: &CallOpts, create: Create) -> Result<ObjectReply, ClientError> {
+    pub async fn create(
+        &self,
+        opts: &CallOpts,
+        create: Create,
+    ) -> Result<ObjectReply, ClientError> {
         self.typed(opts, Op::Create(create)).await
     }
 
@@ -323,8 +389,16 @@ impl AgentClient {
         self.typed(opts, Op::Call(call)).await
     }
 
-    pub async fn getattr(&self, opts: &CallOpts, handle: &str, name: &str) -> Result<ObjectReply, ClientError> {
-        let op = Op::GetAttr(GetAttr { handle: handle.to_owned(), name: name.to_owned() });
+    pub async fn getattr(
+        &self,
+        opts: &CallOpts,
+        handle: &str,
+        name: &str,
+    ) -> Result<ObjectReply, ClientError> {
+        let op = Op::GetAttr(GetAttr {
+            handle: handle.to_owned(),
+            name: name.to_owned(),
+        });
         self.typed(opts, op).await
     }
 
@@ -335,41 +409,85 @@ impl AgentClient {
         name: &str,
         value: Value,
     ) -> Result<SetAttrReply, ClientError> {
-        let op = Op::SetAttr(SetAttr { handle: handle.to_owned(), name: name.to_owned(), value });
+        let op = Op::SetAttr(SetAttr {
+            handle: handle.to_owned(),
+            name: name.to_owned(),
+            value,
+        });
         self.typed(opts, op).await
     }
 
-    pub async fn dispose(&self, opts: &CallOpts, handle: &str) -> Result<DisposeReply, ClientError> {
-        self.typed(opts, Op::Dispose(HandleArg { handle: handle.to_owned() })).await
+    pub async fn dispose(
+        &self,
+        opts: &CallOpts,
+        handle: &str,
+    ) -> Result<DisposeReply, ClientError> {
+        self.typed(
+            opts,
+            Op::Dispose(HandleArg {
+                handle: handle.to_owned(),
+            }),
+        )
+        .await
     }
 
     pub async fn wrap(&self, opts: &CallOpts, value: Value) -> Result<ObjectReply, ClientError> {
         self.typed(opts, Op::Wrap(Wrap { value })).await
     }
 
-    pub async fn module_available(&self, opts: &CallOpts, module: &str) -> Result<bool, ClientError> {
-        let op = Op::ModuleAvailable(Import { module: module.to_owned() });
-        Ok(self.typed::<ModuleAvailableReply>(opts, op).await?.available)
+    pub async fn module_available(
+        &self,
+        opts: &CallOpts,
+        module: &str,
+    ) -> Result<bool, ClientError> {
+        let op = Op::ModuleAvailable(Import {
+            module: module.to_owned(),
+        });
+        Ok(self
+            .typed::<ModuleAvailableReply>(opts, op)
+            .await?
+            .available)
     }
 
-    pub async fn to_float_array(&self, opts: &CallOpts, handle: &str) -> Result<Vec<f64>, ClientError> {
-        let op = Op::ToFloatArray(HandleArg { handle: handle.to_owned() });
+    pub async fn to_float_array(
+        &self,
+        opts: &CallOpts,
+        handle: &str,
+    ) -> Result<Vec<f64>, ClientError> {
+        let op = Op::ToFloatArray(HandleArg {
+            handle: handle.to_owned(),
+        });
         Ok(self.typed::<FloatArrayReply>(opts, op).await?.values)
     }
 
-    pub async fn to_float_array_2d(&self, opts: &CallOpts, handle: &str) -> Result<Vec<Vec<f64>>, ClientError> {
-        let op = Op::ToFloatArray2d(HandleArg { handle: handle.to_owned() });
+    pub async fn to_float_array_2d(
+        &self,
+        opts: &CallOpts,
+        handle: &str,
+    ) -> Result<Vec<Vec<f64>>, ClientError> {
+        let op = Op::ToFloatArray2d(HandleArg {
+            handle: handle.to_owned(),
+        });
         Ok(self.typed::<FloatArray2dReply>(opts, op).await?.values)
     }
 
     /// Opens a session (`None`: the agent picks an id); opening an existing one returns it.
-    pub async fn session_open(&self, session: Option<&str>) -> Result<SessionOpenReply, ClientError> {
-        let opts = CallOpts { session: session.map(str::to_owned), timeout: None };
+    pub async fn session_open(
+        &self,
+        session: Option<&str>,
+    ) -> Result<SessionOpenReply, ClientError> {
+        let opts = CallOpts {
+            session: session.map(str::to_owned),
+            timeout: None,
+        };
         self.typed(&opts, Op::SessionOpen).await
     }
 
     pub async fn session_close(&self, session: &str) -> Result<bool, ClientError> {
-        Ok(self.typed::<SessionCloseReply>(&CallOpts::session(session), Op::SessionClose).await?.closed)
+        Ok(self
+            .typed::<SessionCloseReply>(&CallOpts::session(session), Op::SessionClose)
+            .await?
+            .closed)
     }
 
     pub async fn session_list(&self) -> Result<SessionListReply, ClientError> {
@@ -378,22 +496,35 @@ impl AgentClient {
 
     /// Interrupts the session's running call; false when it was idle.
     pub async fn session_interrupt(&self, session: &str) -> Result<bool, ClientError> {
-        let reply: InterruptReply = self.typed(&CallOpts::session(session), Op::SessionInterrupt).await?;
+        let reply: InterruptReply = self
+            .typed(&CallOpts::session(session), Op::SessionInterrupt)
+            .await?;
         Ok(reply.interrupted)
     }
 
     pub async fn files_put(&self, path: &str, data: Vec<u8>) -> Result<FilesPutReply, ClientError> {
-        let op = Op::FilesPut(FilesPut { path: path.to_owned(), data: Base64(data) });
+        let op = Op::FilesPut(FilesPut {
+            path: path.to_owned(),
+            data: Base64(data),
+        });
         self.typed(&CallOpts::default(), op).await
     }
 
     pub async fn files_get(&self, path: &str) -> Result<Vec<u8>, ClientError> {
-        let op = Op::FilesGet(FilesPath { path: path.to_owned() });
-        Ok(self.typed::<FilesGetReply>(&CallOpts::default(), op).await?.data.0)
+        let op = Op::FilesGet(FilesPath {
+            path: path.to_owned(),
+        });
+        Ok(self
+            .typed::<FilesGetReply>(&CallOpts::default(), op)
+            .await?
+            .data
+            .0)
     }
 
     pub async fn files_list(&self, path: &str) -> Result<FilesListReply, ClientError> {
-        let op = Op::FilesList(FilesPath { path: path.to_owned() });
+        let op = Op::FilesList(FilesPath {
+            path: path.to_owned(),
+        });
         self.typed(&CallOpts::default(), op).await
     }
 }

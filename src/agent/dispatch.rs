@@ -64,7 +64,8 @@ impl Dispatcher {
 
     pub async fn run<R: AsyncRead + Unpin>(mut self, input: R) {
         self.top_up_spares();
-        let mut frames = FramedRead::with_capacity(input, FrameCodec::new(self.cfg.max_frame), 64 << 10);
+        let mut frames =
+            FramedRead::with_capacity(input, FrameCodec::new(self.cfg.max_frame), 64 << 10);
         loop {
             tokio::select! {
                 f = frames.next() => match f {
@@ -113,14 +114,21 @@ impl Dispatcher {
     fn event(&self, level: &str, message: String) {
         self.send(&Response {
             id: None,
-            body: crate::protocol::Body::Event(Event { level: level.to_owned(), message }),
+            body: crate::protocol::Body::Event(Event {
+                level: level.to_owned(),
+                message,
+            }),
         });
     }
 
     fn on_event(&mut self, ev: SessionEvent) {
         match ev {
             SessionEvent::Ended { id, shared } => {
-                if self.sessions.get(&id).is_some_and(|h| Arc::ptr_eq(&h.shared, &shared)) {
+                if self
+                    .sessions
+                    .get(&id)
+                    .is_some_and(|h| Arc::ptr_eq(&h.shared, &shared))
+                {
                     self.sessions.remove(&id);
                 }
             }
@@ -134,7 +142,10 @@ impl Dispatcher {
             Frame::Garbage { bytes } => {
                 return self.reply_error(
                     None,
-                    ErrorInfo::new(ErrorKind::BadFrame, format!("discarded {bytes} bytes that were not a frame")),
+                    ErrorInfo::new(
+                        ErrorKind::BadFrame,
+                        format!("discarded {bytes} bytes that were not a frame"),
+                    ),
                 )
             }
             Frame::Truncated { expected, got } => {
@@ -189,7 +200,10 @@ impl Dispatcher {
                 },
             )),
             Op::SessionOpen => {
-                let name = req.session.clone().unwrap_or_else(|| format!("s-{:012x}", rand::random::<u64>() >> 16));
+                let name = req
+                    .session
+                    .clone()
+                    .unwrap_or_else(|| format!("s-{:012x}", rand::random::<u64>() >> 16));
                 self.enqueue(&name, Job::Open { id });
             }
             Op::SessionClose => {
@@ -211,7 +225,12 @@ impl Dispatcher {
                         if seq != 0 {
                             let _ = h.ctl.send(Control::Interrupt { seq });
                         }
-                        self.send(&Response::ok(id, InterruptReply { interrupted: seq != 0 }));
+                        self.send(&Response::ok(
+                            id,
+                            InterruptReply {
+                                interrupted: seq != 0,
+                            },
+                        ));
                     }
                     None => self.reply_error(Some(id), no_such_session(name)),
                 }
@@ -243,7 +262,13 @@ impl Dispatcher {
                     self.enqueue(&key, Job::Call(req));
                 }
             },
-            _ => self.reply_error(Some(id), ErrorInfo::new(ErrorKind::UnknownOp, format!("op `{}` is not served here", req.op.name()))),
+            _ => self.reply_error(
+                Some(id),
+                ErrorInfo::new(
+                    ErrorKind::UnknownOp,
+                    format!("op `{}` is not served here", req.op.name()),
+                ),
+            ),
         }
     }
 
@@ -262,7 +287,10 @@ impl Dispatcher {
                     h.shared.queued.fetch_sub(1, Ordering::Relaxed);
                     let mut e = ErrorInfo::new(
                         ErrorKind::SessionBusy,
-                        format!("session `{key}` already has {} calls queued", self.cfg.max_queue),
+                        format!(
+                            "session `{key}` already has {} calls queued",
+                            self.cfg.max_queue
+                        ),
                     );
                     e.limit = Some(self.cfg.max_queue as u64);
                     return self.reply_error(Some(id), e);
@@ -277,14 +305,22 @@ impl Dispatcher {
         if self.sessions.len() >= self.cfg.max_sessions {
             let mut e = ErrorInfo::new(
                 ErrorKind::TooManySessions,
-                format!("{} sessions are running, the limit of --max-sessions", self.sessions.len()),
+                format!(
+                    "{} sessions are running, the limit of --max-sessions",
+                    self.sessions.len()
+                ),
             );
             e.limit = Some(self.cfg.max_sessions as u64);
             return self.reply_error(Some(id), e);
         }
         let worker = match self.take_worker() {
             Ok(w) => w,
-            Err(e) => return self.reply_error(Some(id), ErrorInfo::new(ErrorKind::WorkerStartFailed, e.to_string())),
+            Err(e) => {
+                return self.reply_error(
+                    Some(id),
+                    ErrorInfo::new(ErrorKind::WorkerStartFailed, e.to_string()),
+                )
+            }
         };
         let shared = Arc::new(SessionShared::new(worker.pid));
         let (jobs_tx, jobs_rx) = mpsc::channel(self.cfg.max_queue);
@@ -304,7 +340,12 @@ impl Dispatcher {
         self.tasks.spawn(session.run(jobs_rx, ctl_rx));
         self.sessions.insert(
             key.to_owned(),
-            SessionHandle { jobs: jobs_tx, ctl: ctl_tx, shared, named },
+            SessionHandle {
+                jobs: jobs_tx,
+                ctl: ctl_tx,
+                shared,
+                named,
+            },
         );
         // Reap finished session tasks so the set does not grow.
         while let Some(Some(_)) = futures_util::FutureExt::now_or_never(self.tasks.join_next()) {}
@@ -339,23 +380,32 @@ impl Dispatcher {
         let max_frame = self.cfg.max_frame;
         let id = req.id;
         tokio::spawn(async move {
-            let result = tokio::task::spawn_blocking(move || -> Result<Response, files::FileError> {
-                Ok(match req.op {
-                    Op::FilesPut(p) => Response::ok(id, files::put(&root, &p.path, &p.data.0, max)?),
-                    Op::FilesGet(p) => Response::ok(id, files::get(&root, &p.path, max)?),
-                    Op::FilesList(p) => Response::ok(id, files::list(&root, &p.path)?),
-                    _ => unreachable!("only files ops are routed here"),
+            let result =
+                tokio::task::spawn_blocking(move || -> Result<Response, files::FileError> {
+                    Ok(match req.op {
+                        Op::FilesPut(p) => {
+                            Response::ok(id, files::put(&root, &p.path, &p.data.0, max)?)
+                        }
+                        Op::FilesGet(p) => Response::ok(id, files::get(&root, &p.path, max)?),
+                        Op::FilesList(p) => Response::ok(id, files::list(&root, &p.path)?),
+                        _ => unreachable!("only files ops are routed here"),
+                    })
                 })
-            })
-            .await;
+                .await;
             let response = match result {
                 Ok(Ok(r)) => r,
                 Ok(Err(e)) => Response::error(Some(id), e.into()),
-                Err(e) => Response::error(Some(id), ErrorInfo::new(ErrorKind::FileError, format!("file operation failed: {e}"))),
+                Err(e) => Response::error(
+                    Some(id),
+                    ErrorInfo::new(ErrorKind::FileError, format!("file operation failed: {e}")),
+                ),
             };
             let frame = encode_json(&response, max_frame).or_else(|e| {
                 encode_json(
-                    &Response::error(Some(id), ErrorInfo::new(ErrorKind::FrameTooLarge, format!("reply not sent: {e}"))),
+                    &Response::error(
+                        Some(id),
+                        ErrorInfo::new(ErrorKind::FrameTooLarge, format!("reply not sent: {e}")),
+                    ),
                     max_frame,
                 )
             });
@@ -371,7 +421,10 @@ fn no_such_session(name: &str) -> ErrorInfo {
 }
 
 /// Writes queued frames, coalescing whatever is already waiting into one write.
-pub async fn write_frames<W: AsyncWrite + Unpin>(mut rx: mpsc::UnboundedReceiver<Bytes>, mut output: W) {
+pub async fn write_frames<W: AsyncWrite + Unpin>(
+    mut rx: mpsc::UnboundedReceiver<Bytes>,
+    mut output: W,
+) {
     let mut batch = BytesMut::new();
     let mut broken = false;
     while let Some(first) = rx.recv().await {

@@ -11,8 +11,10 @@ use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::Path;
 
-use crate::protocol::{DirEntry, ErrorInfo, ErrorKind, FilesGetReply, FilesListReply, FilesPutReply};
 use crate::protocol::Base64;
+use crate::protocol::{
+    DirEntry, ErrorInfo, ErrorKind, FilesGetReply, FilesListReply, FilesPutReply,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum FileError {
@@ -23,7 +25,10 @@ pub enum FileError {
     #[error("`{path}` does not exist")]
     NotFound { path: String },
     #[error("`{path}`: {source}")]
-    Io { path: String, source: std::io::Error },
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
 }
 
 impl From<FileError> for ErrorInfo {
@@ -76,9 +81,21 @@ fn open_root(root: &Path) -> Result<OwnedFd, FileError> {
     Ok(f.into())
 }
 
-fn openat(dir: &OwnedFd, name: &CStr, flags: libc::c_int, mode: libc::c_uint) -> std::io::Result<OwnedFd> {
+fn openat(
+    dir: &OwnedFd,
+    name: &CStr,
+    flags: libc::c_int,
+    mode: libc::c_uint,
+) -> std::io::Result<OwnedFd> {
     // SAFETY: valid dirfd and NUL-terminated name; the returned fd is owned by nobody else.
-    let fd = unsafe { libc::openat(dir.as_raw_fd(), name.as_ptr(), flags | libc::O_CLOEXEC, mode) };
+    let fd = unsafe {
+        libc::openat(
+            dir.as_raw_fd(),
+            name.as_ptr(),
+            flags | libc::O_CLOEXEC,
+            mode,
+        )
+    };
     if fd < 0 {
         return Err(std::io::Error::last_os_error());
     }
@@ -89,7 +106,14 @@ fn openat(dir: &OwnedFd, name: &CStr, flags: libc::c_int, mode: libc::c_uint) ->
 fn lstat_at(dir: &OwnedFd, name: &CStr) -> Option<libc::stat> {
     // SAFETY: stat is plain data; fstatat fills it on success.
     let mut st: libc::stat = unsafe { std::mem::zeroed() };
-    let rc = unsafe { libc::fstatat(dir.as_raw_fd(), name.as_ptr(), &mut st, libc::AT_SYMLINK_NOFOLLOW) };
+    let rc = unsafe {
+        libc::fstatat(
+            dir.as_raw_fd(),
+            name.as_ptr(),
+            &mut st,
+            libc::AT_SYMLINK_NOFOLLOW,
+        )
+    };
     (rc == 0).then_some(st)
 }
 
@@ -114,14 +138,27 @@ fn kind_of(mode: libc::mode_t) -> &'static str {
 /// Explains why opening `name` in `dir` failed, distinguishing planted symlinks.
 fn open_error(path: &str, dir: &OwnedFd, name: &CStr, e: std::io::Error, want: &str) -> FileError {
     match lstat_at(dir, name) {
-        None => FileError::NotFound { path: path.to_owned() },
+        None => FileError::NotFound {
+            path: path.to_owned(),
+        },
         Some(st) if st.st_mode & libc::S_IFMT == libc::S_IFLNK => {
             refused(path, "a symlink is on the path")
         }
-        Some(st) if kind_of(st.st_mode) != want => {
-            refused(path, &format!("not a {want}", want = if want == "dir" { "directory" } else { "regular file" }))
-        }
-        Some(_) => FileError::Io { path: path.to_owned(), source: e },
+        Some(st) if kind_of(st.st_mode) != want => refused(
+            path,
+            &format!(
+                "not a {want}",
+                want = if want == "dir" {
+                    "directory"
+                } else {
+                    "regular file"
+                }
+            ),
+        ),
+        Some(_) => FileError::Io {
+            path: path.to_owned(),
+            source: e,
+        },
     }
 }
 
@@ -138,7 +175,10 @@ fn walk(root: &Path, path: &str, parts: &[CString], create: bool) -> Result<Owne
                 if rc != 0 {
                     let e = std::io::Error::last_os_error();
                     if e.raw_os_error() != Some(libc::EEXIST) {
-                        return Err(FileError::Io { path: path.to_owned(), source: e });
+                        return Err(FileError::Io {
+                            path: path.to_owned(),
+                            source: e,
+                        });
                     }
                 }
                 openat(&dir, part, flags, 0).map_err(|e| open_error(path, &dir, part, e, "dir"))?
@@ -152,7 +192,11 @@ fn walk(root: &Path, path: &str, parts: &[CString], create: bool) -> Result<Owne
 
 pub fn put(root: &Path, path: &str, data: &[u8], max: u64) -> Result<FilesPutReply, FileError> {
     if data.len() as u64 > max {
-        return Err(FileError::TooLarge { path: path.to_owned(), size: data.len() as u64, max });
+        return Err(FileError::TooLarge {
+            path: path.to_owned(),
+            size: data.len() as u64,
+            max,
+        });
     }
     let parts = components(path)?;
     let Some((name, dirs)) = parts.split_last() else {
@@ -161,16 +205,26 @@ pub fn put(root: &Path, path: &str, data: &[u8], max: u64) -> Result<FilesPutRep
     let dir = walk(root, path, dirs, true)?;
     // O_NONBLOCK: opening a FIFO planted by user code must fail, not hang.
     let flags = libc::O_WRONLY | libc::O_CREAT | libc::O_NOFOLLOW | libc::O_NONBLOCK;
-    let fd = openat(&dir, name, flags, 0o644).map_err(|e| open_error(path, &dir, name, e, "file"))?;
-    let st = fstat(&fd).map_err(|source| FileError::Io { path: path.to_owned(), source })?;
+    let fd =
+        openat(&dir, name, flags, 0o644).map_err(|e| open_error(path, &dir, name, e, "file"))?;
+    let st = fstat(&fd).map_err(|source| FileError::Io {
+        path: path.to_owned(),
+        source,
+    })?;
     if st.st_mode & libc::S_IFMT != libc::S_IFREG {
         return Err(refused(path, "not a regular file"));
     }
     let mut f = File::from(fd);
     f.set_len(0)
         .and_then(|_| f.write_all(data))
-        .map_err(|source| FileError::Io { path: path.to_owned(), source })?;
-    Ok(FilesPutReply { path: path.to_owned(), size: data.len() as u64 })
+        .map_err(|source| FileError::Io {
+            path: path.to_owned(),
+            source,
+        })?;
+    Ok(FilesPutReply {
+        path: path.to_owned(),
+        size: data.len() as u64,
+    })
 }
 
 pub fn get(root: &Path, path: &str, max: u64) -> Result<FilesGetReply, FileError> {
@@ -179,25 +233,48 @@ pub fn get(root: &Path, path: &str, max: u64) -> Result<FilesGetReply, FileError
         return Err(refused(path, "names no file"));
     };
     let dir = walk(root, path, dirs, false)?;
-    let fd = openat(&dir, name, libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_NONBLOCK, 0)
-        .map_err(|e| open_error(path, &dir, name, e, "file"))?;
-    let st = fstat(&fd).map_err(|source| FileError::Io { path: path.to_owned(), source })?;
+    let fd = openat(
+        &dir,
+        name,
+        libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_NONBLOCK,
+        0,
+    )
+    .map_err(|e| open_error(path, &dir, name, e, "file"))?;
+    let st = fstat(&fd).map_err(|source| FileError::Io {
+        path: path.to_owned(),
+        source,
+    })?;
     if st.st_mode & libc::S_IFMT != libc::S_IFREG {
         return Err(refused(path, "not a regular file"));
     }
     if st.st_size as u64 > max {
-        return Err(FileError::TooLarge { path: path.to_owned(), size: st.st_size as u64, max });
+        return Err(FileError::TooLarge {
+            path: path.to_owned(),
+            size: st.st_size as u64,
+            max,
+        });
     }
     let mut data = Vec::with_capacity(st.st_size as usize);
     // The file may grow while it is read; never read past the cap.
     File::from(fd)
         .take(max + 1)
         .read_to_end(&mut data)
-        .map_err(|source| FileError::Io { path: path.to_owned(), source })?;
+        .map_err(|source| FileError::Io {
+            path: path.to_owned(),
+            source,
+        })?;
     if data.len() as u64 > max {
-        return Err(FileError::TooLarge { path: path.to_owned(), size: data.len() as u64, max });
+        return Err(FileError::TooLarge {
+            path: path.to_owned(),
+            size: data.len() as u64,
+            max,
+        });
     }
-    Ok(FilesGetReply { path: path.to_owned(), size: data.len() as u64, data: Base64(data) })
+    Ok(FilesGetReply {
+        path: path.to_owned(),
+        size: data.len() as u64,
+        data: Base64(data),
+    })
 }
 
 pub fn list(root: &Path, path: &str) -> Result<FilesListReply, FileError> {
@@ -206,13 +283,19 @@ pub fn list(root: &Path, path: &str) -> Result<FilesListReply, FileError> {
     // SAFETY: fdopendir takes ownership of a duplicate; closedir releases it.
     let dup = unsafe { libc::fcntl(dir.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 0) };
     if dup < 0 {
-        return Err(FileError::Io { path: path.to_owned(), source: std::io::Error::last_os_error() });
+        return Err(FileError::Io {
+            path: path.to_owned(),
+            source: std::io::Error::last_os_error(),
+        });
     }
     let stream = unsafe { libc::fdopendir(dup) };
     if stream.is_null() {
         let e = std::io::Error::last_os_error();
         unsafe { libc::close(dup) };
-        return Err(FileError::Io { path: path.to_owned(), source: e });
+        return Err(FileError::Io {
+            path: path.to_owned(),
+            source: e,
+        });
     }
     let mut entries = Vec::new();
     loop {
@@ -239,7 +322,10 @@ pub fn list(root: &Path, path: &str) -> Result<FilesListReply, FileError> {
     // SAFETY: stream came from fdopendir and is closed once.
     unsafe { libc::closedir(stream) };
     entries.sort_by(|a, b| a.name.cmp(&b.name));
-    Ok(FilesListReply { path: path.to_owned(), entries })
+    Ok(FilesListReply {
+        path: path.to_owned(),
+        entries,
+    })
 }
 
 #[cfg(test)]
@@ -250,9 +336,19 @@ mod tests {
     fn put_get_list_round_trip() {
         let ws = tempfile::tempdir().unwrap();
         put(ws.path(), "a/b/c.bin", &[0, 1, 255], 100).unwrap();
-        assert_eq!(get(ws.path(), "a/b/c.bin", 100).unwrap().data.0, vec![0, 1, 255]);
+        assert_eq!(
+            get(ws.path(), "a/b/c.bin", 100).unwrap().data.0,
+            vec![0, 1, 255]
+        );
         let l = list(ws.path(), "a/./b").unwrap();
-        assert_eq!(l.entries, vec![DirEntry { name: "c.bin".into(), kind: "file".into(), size: 3 }]);
+        assert_eq!(
+            l.entries,
+            vec![DirEntry {
+                name: "c.bin".into(),
+                kind: "file".into(),
+                size: 3
+            }]
+        );
         assert_eq!(list(ws.path(), ".").unwrap().entries[0].kind, "dir");
     }
 
@@ -272,20 +368,41 @@ mod tests {
             let e = get(ws.path(), p, 100).unwrap_err();
             assert!(e.to_string().contains(want), "{p}: {e}");
         }
-        assert!(matches!(put(ws.path(), "f", b"x", 100), Err(FileError::Refused { .. })));
-        assert!(matches!(put(ws.path(), "link/new", b"x", 100), Err(FileError::Refused { .. })));
+        assert!(matches!(
+            put(ws.path(), "f", b"x", 100),
+            Err(FileError::Refused { .. })
+        ));
+        assert!(matches!(
+            put(ws.path(), "link/new", b"x", 100),
+            Err(FileError::Refused { .. })
+        ));
         assert!(!outside.path().join("new").exists());
         assert_eq!(std::fs::read(outside.path().join("secret")).unwrap(), b"s");
-        assert!(matches!(list(ws.path(), "link"), Err(FileError::Refused { .. })));
+        assert!(matches!(
+            list(ws.path(), "link"),
+            Err(FileError::Refused { .. })
+        ));
     }
 
     #[test]
     fn caps_sizes_and_reports_missing_files() {
         let ws = tempfile::tempdir().unwrap();
-        assert!(matches!(put(ws.path(), "big", &[0; 11], 10), Err(FileError::TooLarge { .. })));
+        assert!(matches!(
+            put(ws.path(), "big", &[0; 11], 10),
+            Err(FileError::TooLarge { .. })
+        ));
         std::fs::write(ws.path().join("big"), [0; 11]).unwrap();
-        assert!(matches!(get(ws.path(), "big", 10), Err(FileError::TooLarge { size: 11, .. })));
-        assert!(matches!(get(ws.path(), "nope", 10), Err(FileError::NotFound { .. })));
-        assert!(matches!(get(ws.path(), ".", 10), Err(FileError::Refused { .. })));
+        assert!(matches!(
+            get(ws.path(), "big", 10),
+            Err(FileError::TooLarge { size: 11, .. })
+        ));
+        assert!(matches!(
+            get(ws.path(), "nope", 10),
+            Err(FileError::NotFound { .. })
+        ));
+        assert!(matches!(
+            get(ws.path(), ".", 10),
+            Err(FileError::Refused { .. })
+        ));
     }
 }

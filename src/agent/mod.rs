@@ -104,9 +104,15 @@ pub enum AgentError {
     #[error("invalid option --{name}: {message}")]
     Config { name: &'static str, message: String },
     #[error("workspace `{path}` is not usable: {source}")]
-    Workspace { path: String, source: std::io::Error },
+    Workspace {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("cannot start python `{python}`: {source}")]
-    Spawn { python: String, source: std::io::Error },
+    Spawn {
+        python: String,
+        source: std::io::Error,
+    },
     #[error("cannot use stdin/stdout: {0}")]
     Stdio(std::io::Error),
 }
@@ -127,7 +133,10 @@ fn secs(name: &'static str, v: f64, zero_is_none: bool) -> Result<Option<Duratio
 impl AgentArgs {
     pub fn into_config(self) -> Result<AgentConfig, AgentError> {
         if self.max_sessions == 0 {
-            return Err(AgentError::Config { name: "max-sessions", message: "must be at least 1".into() });
+            return Err(AgentError::Config {
+                name: "max-sessions",
+                message: "must be at least 1".into(),
+            });
         }
         if self.max_frame < 1024 || self.max_frame > u32::MAX as usize {
             return Err(AgentError::Config {
@@ -136,7 +145,10 @@ impl AgentArgs {
             });
         }
         if self.max_queue == 0 {
-            return Err(AgentError::Config { name: "max-queue", message: "must be at least 1".into() });
+            return Err(AgentError::Config {
+                name: "max-queue",
+                message: "must be at least 1".into(),
+            });
         }
         Ok(AgentConfig {
             python: self.python,

@@ -28,13 +28,17 @@ use crate::protocol::{
 pub enum Job {
     Call(Request),
     /// `session.open`: answered once the worker is ready.
-    Open { id: u64 },
+    Open {
+        id: u64,
+    },
 }
 
 /// What the dispatcher can tell a session at any time, even mid-call.
 pub enum Control {
     /// Interrupt call `seq` if it is still the one running.
-    Interrupt { seq: u64 },
+    Interrupt {
+        seq: u64,
+    },
     Close,
 }
 
@@ -70,7 +74,9 @@ impl SessionShared {
 }
 
 pub fn unix_secs(t: SystemTime) -> f64 {
-    t.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs_f64()
+    t.duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs_f64()
 }
 
 fn unix_ms(t: SystemTime) -> u64 {
@@ -79,8 +85,13 @@ fn unix_ms(t: SystemTime) -> u64 {
 
 /// Sent to the dispatcher when a session task ends, and when a worker reports its Python.
 pub enum SessionEvent {
-    Ended { id: String, shared: Arc<SessionShared> },
-    Python { version: String },
+    Ended {
+        id: String,
+        shared: Arc<SessionShared>,
+    },
+    Python {
+        version: String,
+    },
 }
 
 pub struct Session {
@@ -119,7 +130,11 @@ async fn read_opt(r: &mut Option<pipe::Receiver>, buf: &mut [u8]) -> std::io::Re
 }
 
 impl Session {
-    pub async fn run(mut self, mut jobs: mpsc::Receiver<Job>, mut ctl: mpsc::UnboundedReceiver<Control>) {
+    pub async fn run(
+        mut self,
+        mut jobs: mpsc::Receiver<Job>,
+        mut ctl: mpsc::UnboundedReceiver<Control>,
+    ) {
         let mut io = Io {
             out: Capture::new(self.cfg.output_cap),
             err: Capture::new(self.cfg.output_cap),
@@ -259,7 +274,14 @@ impl Session {
         let stderr = io.err.take().text();
         let stderr = stderr.trim();
         if !stderr.is_empty() {
-            let tail: String = stderr.chars().rev().take(2000).collect::<Vec<_>>().into_iter().rev().collect();
+            let tail: String = stderr
+                .chars()
+                .rev()
+                .take(2000)
+                .collect::<Vec<_>>()
+                .into_iter()
+                .rev()
+                .collect();
             message = format!("{message}: {tail}");
         }
         Err(ErrorInfo::new(ErrorKind::WorkerStartFailed, message))
@@ -316,7 +338,8 @@ impl Session {
             None
         } else {
             self.worker.kill_group();
-            let status = tokio::time::timeout(Duration::from_secs(5), self.worker.child.wait()).await;
+            let status =
+                tokio::time::timeout(Duration::from_secs(5), self.worker.child.wait()).await;
             self.drain(io).await;
             let timeout = request.timeout.unwrap_or_default();
             Some(match (&waited, status) {
@@ -332,7 +355,10 @@ impl Session {
                     e
                 }
                 (Waited::Closed, _) => {
-                    let mut e = ErrorInfo::new(ErrorKind::SessionClosed, "session was closed during the call");
+                    let mut e = ErrorInfo::new(
+                        ErrorKind::SessionClosed,
+                        "session was closed during the call",
+                    );
                     e.session_lost = Some(true);
                     e
                 }
@@ -350,7 +376,8 @@ impl Session {
                     e
                 }
                 _ => {
-                    let mut e = ErrorInfo::new(ErrorKind::WorkerDied, "worker closed its reply pipe");
+                    let mut e =
+                        ErrorInfo::new(ErrorKind::WorkerDied, "worker closed its reply pipe");
                     e.session_lost = Some(true);
                     e
                 }
@@ -371,18 +398,30 @@ impl Session {
         };
         let response = if let Op::Exec(_) = request.op {
             let mut reply = match waited {
-                Waited::Reply(Body::Ok(v)) => serde_json::from_value::<ExecReply>(v).unwrap_or_else(|e| {
-                    exec_error(ErrorInfo::new(ErrorKind::WorkerProtocol, format!("bad exec reply: {e}")))
-                }),
+                Waited::Reply(Body::Ok(v)) => serde_json::from_value::<ExecReply>(v)
+                    .unwrap_or_else(|e| {
+                        exec_error(ErrorInfo::new(
+                            ErrorKind::WorkerProtocol,
+                            format!("bad exec reply: {e}"),
+                        ))
+                    }),
                 Waited::Reply(Body::Error(e)) => exec_error(e),
                 Waited::Reply(Body::Event(_)) => exec_error(ErrorInfo::new(
                     ErrorKind::WorkerProtocol,
                     "worker answered with an event",
                 )),
-                _ => exec_error(failure.clone().unwrap_or_else(|| ErrorInfo::new(ErrorKind::WorkerDied, "worker died"))),
+                _ => exec_error(
+                    failure
+                        .clone()
+                        .unwrap_or_else(|| ErrorInfo::new(ErrorKind::WorkerDied, "worker died")),
+                ),
             };
             reply.error = reply.error.map(as_timeout);
-            reply.session_lost = reply.error.as_ref().and_then(|e| e.session_lost).unwrap_or(false);
+            reply.session_lost = reply
+                .error
+                .as_ref()
+                .and_then(|e| e.session_lost)
+                .unwrap_or(false);
             if reply.duration_ms == 0.0 {
                 reply.duration_ms = started.elapsed().as_secs_f64() * 1000.0;
             }
@@ -402,7 +441,10 @@ impl Session {
                             m.insert("stderr".into(), stderr.text().into());
                         }
                     }
-                    Response { id: Some(request.id), body: Body::Ok(v) }
+                    Response {
+                        id: Some(request.id),
+                        body: Body::Ok(v),
+                    }
                 }
                 Waited::Reply(Body::Error(e)) => Response::error(Some(request.id), as_timeout(e)),
                 Waited::Reply(Body::Event(_)) => Response::error(
@@ -428,9 +470,23 @@ impl Session {
         io: &mut Io,
         ctl: &mut mpsc::UnboundedReceiver<Control>,
     ) -> (Waited, bool) {
-        let frame = match encode_json(&WorkerRequest { id: seq, op: &request.op }, self.cfg.max_frame) {
+        let frame = match encode_json(
+            &WorkerRequest {
+                id: seq,
+                op: &request.op,
+            },
+            self.cfg.max_frame,
+        ) {
             Ok(f) => f,
-            Err(e) => return (Waited::Reply(Body::Error(ErrorInfo::new(ErrorKind::FrameTooLarge, e.to_string()))), false),
+            Err(e) => {
+                return (
+                    Waited::Reply(Body::Error(ErrorInfo::new(
+                        ErrorKind::FrameTooLarge,
+                        e.to_string(),
+                    ))),
+                    false,
+                )
+            }
         };
         io.out.expect(marker(&self.worker.token, seq));
         io.err.expect(marker(&self.worker.token, seq));

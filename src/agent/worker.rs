@@ -79,8 +79,7 @@ impl WorkerProcess {
                 // Move both ends above the targets first, so neither dup2 clobbers the other.
                 let a = libc::fcntl(child_req, libc::F_DUPFD, 10);
                 let b = libc::fcntl(child_rep, libc::F_DUPFD, 10);
-                if a < 0 || b < 0 || libc::dup2(a, REQUEST_FD) < 0 || libc::dup2(b, REPLY_FD) < 0
-                {
+                if a < 0 || b < 0 || libc::dup2(a, REQUEST_FD) < 0 || libc::dup2(b, REPLY_FD) < 0 {
                     return Err(std::io::Error::last_os_error());
                 }
                 libc::close(a);

@@ -303,7 +303,10 @@ mod tests {
         let b = encode_json(&serde_json::json!({"x": "é"}), 100).unwrap();
         let mut buf = BytesMut::from(&b[..]);
         let f = FrameCodec::default().decode(&mut buf).unwrap().unwrap();
-        assert_eq!(f, Frame::Data(Bytes::from(r#"{"x":"é"}"#.as_bytes().to_vec())));
+        assert_eq!(
+            f,
+            Frame::Data(Bytes::from(r#"{"x":"é"}"#.as_bytes().to_vec()))
+        );
         assert!(matches!(
             encode_json(&"x".repeat(200), 100),
             Err(ProtocolError::FrameTooLarge { .. })

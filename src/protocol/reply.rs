@@ -354,7 +354,10 @@ mod nan_as_null_2d {
     use super::*;
 
     pub fn serialize<S: Serializer>(v: &[Vec<f64>], s: S) -> Result<S::Ok, S::Error> {
-        s.collect_seq(v.iter().map(|row| row.iter().map(|x| opt(*x)).collect::<Vec<_>>()))
+        s.collect_seq(
+            v.iter()
+                .map(|row| row.iter().map(|x| opt(*x)).collect::<Vec<_>>()),
+        )
     }
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Vec<f64>>, D::Error> {
@@ -373,10 +376,19 @@ mod tests {
     #[test]
     fn envelope_shapes() {
         let r = Response::ok(3, PingReply { pong: true });
-        assert_eq!(serde_json::to_value(&r).unwrap(), json!({"id": 3, "ok": {"pong": true}}));
-        let e = Response::error(None, ErrorInfo::new(ErrorKind::BadFrame, "frame is not valid json"));
+        assert_eq!(
+            serde_json::to_value(&r).unwrap(),
+            json!({"id": 3, "ok": {"pong": true}})
+        );
+        let e = Response::error(
+            None,
+            ErrorInfo::new(ErrorKind::BadFrame, "frame is not valid json"),
+        );
         let v = serde_json::to_value(&e).unwrap();
-        assert_eq!(v, json!({"id": null, "error": {"type": "BadFrame", "message": "frame is not valid json"}}));
+        assert_eq!(
+            v,
+            json!({"id": null, "error": {"type": "BadFrame", "message": "frame is not valid json"}})
+        );
         assert_eq!(serde_json::from_value::<Response>(v).unwrap(), e);
     }
 
@@ -385,9 +397,11 @@ mod tests {
         let v: Object = serde_json::from_value(json!({"value": null})).unwrap();
         assert_eq!(v.value(), Some(&Value::Null));
         let h: Object =
-            serde_json::from_value(json!({"handle": "h2", "type": "Counter", "repr": "Counter()"})).unwrap();
+            serde_json::from_value(json!({"handle": "h2", "type": "Counter", "repr": "Counter()"}))
+                .unwrap();
         assert_eq!(h.handle(), Some("h2"));
-        let r: ObjectReply = serde_json::from_value(json!({"value": [1], "stdout": "hi\n"})).unwrap();
+        let r: ObjectReply =
+            serde_json::from_value(json!({"value": [1], "stdout": "hi\n"})).unwrap();
         assert_eq!(r.stdout, "hi\n");
     }
 
@@ -404,6 +418,9 @@ mod tests {
     fn float_arrays_carry_nan_as_null() {
         let r: FloatArrayReply = serde_json::from_value(json!({"values": [1.5, null]})).unwrap();
         assert!(r.values[1].is_nan());
-        assert_eq!(serde_json::to_value(&r).unwrap(), json!({"values": [1.5, null]}));
+        assert_eq!(
+            serde_json::to_value(&r).unwrap(),
+            json!({"values": [1.5, null]})
+        );
     }
 }

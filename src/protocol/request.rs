@@ -281,14 +281,22 @@ impl Request {
             return Err(bad(None, "request is not a json object".into()));
         };
         let id = match map.get("id") {
-            Some(v) => v
-                .as_u64()
-                .ok_or_else(|| bad(None, format!("field `id`: expected an unsigned integer, got {v}")))?,
+            Some(v) => v.as_u64().ok_or_else(|| {
+                bad(
+                    None,
+                    format!("field `id`: expected an unsigned integer, got {v}"),
+                )
+            })?,
             None => return Err(bad(None, "missing field `id`".into())),
         };
         let op = match map.remove("op") {
             Some(Value::String(s)) => s,
-            Some(v) => return Err(bad(Some(id), format!("field `op`: expected a string, got {v}"))),
+            Some(v) => {
+                return Err(bad(
+                    Some(id),
+                    format!("field `op`: expected a string, got {v}"),
+                ))
+            }
             None => return Err(bad(Some(id), "missing field `op`".into())),
         };
         let session = match map.remove("session") {
@@ -297,11 +305,16 @@ impl Request {
             Some(Value::String(s)) => {
                 return Err(bad(
                     Some(id),
-                    format!("field `session`: `{s}` is not 1 to 128 letters, digits, `-`, `_` or `.`"),
+                    format!(
+                        "field `session`: `{s}` is not 1 to 128 letters, digits, `-`, `_` or `.`"
+                    ),
                 ))
             }
             Some(v) => {
-                return Err(bad(Some(id), format!("field `session`: expected a string, got {v}")))
+                return Err(bad(
+                    Some(id),
+                    format!("field `session`: expected a string, got {v}"),
+                ))
             }
         };
         let timeout = match map.remove("timeout") {
@@ -327,7 +340,10 @@ impl Request {
             "create" => {
                 let c: Create = fields(id, args)?;
                 if c.module.is_none() && c.module_handle.is_none() {
-                    return Err(bad(Some(id), "missing field `module` (or `module_handle`)".into()));
+                    return Err(bad(
+                        Some(id),
+                        "missing field `module` (or `module_handle`)".into(),
+                    ));
                 }
                 Op::Create(c)
             }
@@ -449,7 +465,12 @@ mod tests {
     fn parses_and_serializes_back() {
         let v = json!({"id": 7, "op": "exec", "session": "s1", "timeout": 2.5, "code": "1 + 1"});
         let r = Request::from_value(v.clone()).unwrap();
-        assert_eq!(r.op, Op::Exec(Exec { code: "1 + 1".into() }));
+        assert_eq!(
+            r.op,
+            Op::Exec(Exec {
+                code: "1 + 1".into()
+            })
+        );
         assert_eq!(r.session.as_deref(), Some("s1"));
         assert_eq!(serde_json::to_value(&r).unwrap(), v);
         assert_eq!(r.to_value(), v);
@@ -460,9 +481,16 @@ mod tests {
         let e = Request::from_value(json!({"id": 3, "op": "exec", "code": 5})).unwrap_err();
         assert_eq!(e.id, Some(3));
         assert_eq!(e.kind, ErrorKind::BadRequest);
-        assert!(e.message.starts_with("field `code`: invalid type: integer `5`"), "{}", e.message);
-        let e = Request::from_value(json!({"id": 3, "op": "call", "handle": "h1", "args": [1], "kwargs": []}))
-            .unwrap_err();
+        assert!(
+            e.message
+                .starts_with("field `code`: invalid type: integer `5`"),
+            "{}",
+            e.message
+        );
+        let e = Request::from_value(
+            json!({"id": 3, "op": "call", "handle": "h1", "args": [1], "kwargs": []}),
+        )
+        .unwrap_err();
         assert!(e.message.starts_with("field `kwargs`"), "{}", e.message);
     }
 
@@ -471,14 +499,18 @@ mod tests {
         let e = Request::from_value(json!({"id": 1, "op": "import"})).unwrap_err();
         assert_eq!(e.message, "missing field `module`");
         let e = Request::from_value(json!({"id": 1, "op": "frobnicate"})).unwrap_err();
-        assert_eq!((e.kind, e.message.as_str()), (ErrorKind::UnknownOp, "unknown op `frobnicate`"));
+        assert_eq!(
+            (e.kind, e.message.as_str()),
+            (ErrorKind::UnknownOp, "unknown op `frobnicate`")
+        );
         let e = Request::from_value(json!({"op": "ping"})).unwrap_err();
         assert_eq!((e.id, e.message.as_str()), (None, "missing field `id`"));
         let e = Request::from_value(json!({"id": -1, "op": "ping"})).unwrap_err();
         assert!(e.message.starts_with("field `id`"));
         let e = Request::from_value(json!({"id": 1, "op": "ping", "session": "../x"})).unwrap_err();
         assert!(e.message.starts_with("field `session`"));
-        let e = Request::from_value(json!({"id": 1, "op": "exec", "code": "", "timeout": -1})).unwrap_err();
+        let e = Request::from_value(json!({"id": 1, "op": "exec", "code": "", "timeout": -1}))
+            .unwrap_err();
         assert!(e.message.starts_with("field `timeout`"));
         let e = Request::from_slice(b"{not json").unwrap_err();
         assert_eq!(e.kind, ErrorKind::BadFrame);
@@ -486,14 +518,24 @@ mod tests {
 
     #[test]
     fn base64_data_round_trips() {
-        let r = Request::from_value(json!({"id": 1, "op": "files.put", "path": "a.bin", "data": "AAEC/w=="}))
-            .unwrap();
+        let r = Request::from_value(
+            json!({"id": 1, "op": "files.put", "path": "a.bin", "data": "AAEC/w=="}),
+        )
+        .unwrap();
         assert_eq!(
             r.op,
-            Op::FilesPut(FilesPut { path: "a.bin".into(), data: Base64(vec![0, 1, 2, 255]) })
+            Op::FilesPut(FilesPut {
+                path: "a.bin".into(),
+                data: Base64(vec![0, 1, 2, 255])
+            })
         );
-        let e = Request::from_value(json!({"id": 1, "op": "files.put", "path": "a", "data": "***"}))
-            .unwrap_err();
-        assert!(e.message.starts_with("field `data`: invalid base64"), "{}", e.message);
+        let e =
+            Request::from_value(json!({"id": 1, "op": "files.put", "path": "a", "data": "***"}))
+                .unwrap_err();
+        assert!(
+            e.message.starts_with("field `data`: invalid base64"),
+            "{}",
+            e.message
+        );
     }
 }

@@ -13,18 +13,48 @@ async fn a_timeout_interrupts_and_keeps_the_session() {
     a.exec("s", "keep = 'state'").await;
     let opts = CallOpts::session("s").timeout(Duration::from_millis(300));
     let started = Instant::now();
-    let r = within(30, a.client.exec(&opts, "import time\nprint('before', flush=True)\ntime.sleep(30)")).await.unwrap();
-    assert!(started.elapsed() < Duration::from_secs(10), "timed out promptly");
+    let r = within(
+        30,
+        a.client.exec(
+            &opts,
+            "import time\nprint('before', flush=True)\ntime.sleep(30)",
+        ),
+    )
+    .await
+    .unwrap();
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "timed out promptly"
+    );
     let e = r.error.clone().expect("timeout error");
     assert_eq!(e.kind, "Timeout");
     assert!(e.message.contains("0.3s"), "{}", e.message);
     assert!(!r.session_lost);
     assert_eq!(r.stdout, "before\n", "output until the timeout is kept");
-    assert!(matches!(r.failure(), Some(ClientError::Timeout { session_lost: false, .. })));
+    assert!(matches!(
+        r.failure(),
+        Some(ClientError::Timeout {
+            session_lost: false,
+            ..
+        })
+    ));
     assert_eq!(a.value("s", "keep").await, json!("state"));
     // A timeout on another op is an error reply.
-    let e = a.client.eval(&opts, "__import__('time').sleep(30)", None).await.unwrap_err();
-    assert!(matches!(e, ClientError::Timeout { session_lost: false, .. }), "{e}");
+    let e = a
+        .client
+        .eval(&opts, "__import__('time').sleep(30)", None)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            e,
+            ClientError::Timeout {
+                session_lost: false,
+                ..
+            }
+        ),
+        "{e}"
+    );
     a.stop().await;
 }
 
@@ -38,8 +68,18 @@ async fn a_call_that_ignores_the_interrupt_is_killed_after_the_grace_period() {
     let e = r.error.clone().expect("timeout error");
     assert_eq!((e.kind.as_str(), e.session_lost), ("Timeout", Some(true)));
     assert!(r.session_lost);
-    assert!(matches!(r.failure(), Some(ClientError::Timeout { session_lost: true, .. })));
-    assert_eq!(unsafe { libc::kill(pid.as_i64().unwrap() as i32, 0) }, -1, "the worker is gone");
+    assert!(matches!(
+        r.failure(),
+        Some(ClientError::Timeout {
+            session_lost: true,
+            ..
+        })
+    ));
+    assert_eq!(
+        unsafe { libc::kill(pid.as_i64().unwrap() as i32, 0) },
+        -1,
+        "the worker is gone"
+    );
     // The session name now starts afresh.
     let r = a.exec("s", "keep").await;
     assert_eq!(r.error.map(|e| e.kind), Some("NameError".into()));
@@ -51,30 +91,73 @@ async fn dead_workers_are_reported_and_other_sessions_carry_on() {
     let a = Agent::start(&[]).await;
     a.exec("bystander", "keep = [1, 2]").await;
     let cases = [
-        ("exit", "import os\nprint('last words', flush=True)\nos._exit(3)", Some(3), None),
-        ("segv", "import ctypes\nctypes.string_at(0)", None, Some(libc::SIGSEGV)),
-        ("oom", "import os, signal\nos.kill(os.getpid(), signal.SIGKILL)", None, Some(libc::SIGKILL)),
+        (
+            "exit",
+            "import os\nprint('last words', flush=True)\nos._exit(3)",
+            Some(3),
+            None,
+        ),
+        (
+            "segv",
+            "import ctypes\nctypes.string_at(0)",
+            None,
+            Some(libc::SIGSEGV),
+        ),
+        (
+            "oom",
+            "import os, signal\nos.kill(os.getpid(), signal.SIGKILL)",
+            None,
+            Some(libc::SIGKILL),
+        ),
     ];
     for (session, code, exit_code, signal) in cases {
         a.exec(session, "x = 1").await;
         let r = a.exec(session, code).await;
-        let e = r.error.clone().unwrap_or_else(|| panic!("{session}: no error"));
+        let e = r
+            .error
+            .clone()
+            .unwrap_or_else(|| panic!("{session}: no error"));
         assert_eq!(e.kind, "WorkerDied", "{session}");
-        assert_eq!((e.exit_code, e.signal), (exit_code, signal), "{session}: {}", e.message);
+        assert_eq!(
+            (e.exit_code, e.signal),
+            (exit_code, signal),
+            "{session}: {}",
+            e.message
+        );
         assert!(r.session_lost, "{session}");
         match r.failure() {
-            Some(ClientError::WorkerDied { exit_code: c, signal: s, .. }) => assert_eq!((c, s), (exit_code, signal)),
+            Some(ClientError::WorkerDied {
+                exit_code: c,
+                signal: s,
+                ..
+            }) => assert_eq!((c, s), (exit_code, signal)),
             other => panic!("{session}: {other:?}"),
         }
         if session == "exit" {
             assert_eq!(r.stdout, "last words\n");
         }
         // The same name gives a fresh session.
-        assert_eq!(a.exec(session, "x").await.error.map(|e| e.kind), Some("NameError".into()));
+        assert_eq!(
+            a.exec(session, "x").await.error.map(|e| e.kind),
+            Some("NameError".into())
+        );
     }
     // Non-exec ops report a dead worker as an error reply.
-    let e = a.client.eval(&CallOpts::session("e"), "__import__('os')._exit(9)", None).await.unwrap_err();
-    assert!(matches!(e, ClientError::WorkerDied { exit_code: Some(9), .. }), "{e}");
+    let e = a
+        .client
+        .eval(&CallOpts::session("e"), "__import__('os')._exit(9)", None)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            e,
+            ClientError::WorkerDied {
+                exit_code: Some(9),
+                ..
+            }
+        ),
+        "{e}"
+    );
     assert!(e.session_lost());
     assert_eq!(a.value("bystander", "keep").await, json!([1, 2]));
     a.stop().await;
@@ -85,7 +168,9 @@ async fn memory_errors_come_back_as_exceptions() {
     let a = Agent::start(&[]).await;
     // Limit this one-call worker's address space, then ask for far more.
     let code = "import resource\nresource.setrlimit(resource.RLIMIT_AS, (1 << 30, 1 << 30))\nb = bytearray(4 << 30)";
-    let r = within(60, a.client.exec(&CallOpts::default(), code)).await.unwrap();
+    let r = within(60, a.client.exec(&CallOpts::default(), code))
+        .await
+        .unwrap();
     let e = r.error.expect("an error");
     assert_eq!(e.kind, "MemoryError", "{e:?}");
     assert!(!r.session_lost);
@@ -98,7 +183,13 @@ async fn a_worker_that_closes_its_own_pipes_is_reported_not_waited_for() {
     a.exec("bystander", "keep = 1").await;
     // Closing every fd (protocol pipes and private output fds included) ends the worker's
     // ability to answer; the agent must notice and not hang.
-    let r = within(30, a.client.exec(&CallOpts::session("s"), "import os\nos.closerange(0, 1024)")).await.unwrap();
+    let r = within(
+        30,
+        a.client
+            .exec(&CallOpts::session("s"), "import os\nos.closerange(0, 1024)"),
+    )
+    .await
+    .unwrap();
     let e = r.error.expect("an error");
     assert_eq!(e.kind, "WorkerDied", "{e:?}");
     assert!(r.session_lost);
@@ -112,9 +203,15 @@ async fn the_session_cap_is_enforced() {
     a.client.session_open(Some("one")).await.unwrap();
     a.client.session_open(Some("two")).await.unwrap();
     let e = a.client.session_open(Some("three")).await.unwrap_err();
-    assert!(matches!(e, ClientError::TooManySessions { limit: Some(2), .. }), "{e}");
+    assert!(
+        matches!(e, ClientError::TooManySessions { limit: Some(2), .. }),
+        "{e}"
+    );
     let e = a.client.exec(&CallOpts::default(), "1").await.unwrap_err();
-    assert!(matches!(e, ClientError::TooManySessions { .. }), "one-call workers count too: {e}");
+    assert!(
+        matches!(e, ClientError::TooManySessions { .. }),
+        "one-call workers count too: {e}"
+    );
     // Existing sessions still work, and closing one makes room.
     assert_eq!(a.value("two", "1 + 1").await, json!(2));
     assert!(a.client.session_close("one").await.unwrap());
@@ -135,15 +232,25 @@ async fn idle_sessions_expire() {
         (unsafe { libc::kill(pid.as_i64().unwrap() as i32, 0) } != 0).then_some(())
     })
     .await;
-    assert_eq!(a.exec("s", "keep").await.error.map(|e| e.kind), Some("NameError".into()));
+    assert_eq!(
+        a.exec("s", "keep").await.error.map(|e| e.kind),
+        Some("NameError".into())
+    );
     a.stop().await;
 }
 
 #[tokio::test]
 async fn a_bad_python_fails_the_call_not_the_agent() {
     let a = Agent::start(&["--python", "/nonexistent/python3"]).await;
-    let e = a.client.exec(&CallOpts::session("s"), "1").await.unwrap_err();
-    assert!(matches!(&e, ClientError::WorkerStartFailed { message } if message.contains("/nonexistent/python3")), "{e}");
+    let e = a
+        .client
+        .exec(&CallOpts::session("s"), "1")
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&e, ClientError::WorkerStartFailed { message } if message.contains("/nonexistent/python3")),
+        "{e}"
+    );
     assert!(a.client.ping().await.unwrap().pong);
     a.stop().await;
 }
@@ -153,7 +260,11 @@ async fn a_full_session_queue_refuses_more_calls() {
     let a = Agent::start(&["--max-queue", "1"]).await;
     let c = a.client.clone();
     let first = tokio::spawn(async move {
-        c.exec(&CallOpts::session("q"), "import time\nwhile not __import__('os').path.exists('go'): time.sleep(0.01)").await
+        c.exec(
+            &CallOpts::session("q"),
+            "import time\nwhile not __import__('os').path.exists('go'): time.sleep(0.01)",
+        )
+        .await
     });
     eventually(20, "the session to be busy", || async {
         let l = a.client.session_list().await.unwrap();
@@ -167,7 +278,11 @@ async fn a_full_session_queue_refuses_more_calls() {
         l.sessions.iter().any(|s| s.queued == 1).then_some(())
     })
     .await;
-    let e = a.client.exec(&CallOpts::session("q"), "3").await.unwrap_err();
+    let e = a
+        .client
+        .exec(&CallOpts::session("q"), "3")
+        .await
+        .unwrap_err();
     assert!(matches!(e, ClientError::SessionBusy { .. }), "{e}");
     std::fs::write(a.path().join("go"), "").unwrap();
     assert!(within(20, first).await.unwrap().unwrap().error.is_none());
@@ -180,7 +295,10 @@ async fn calls_in_flight_fail_with_backend_gone_when_the_agent_dies() {
     let (mut child, stdin, stdout, _ws) = spawn_raw(&[]);
     let client = AgentClient::connect(stdout, stdin).await.unwrap();
     let c = client.clone();
-    let slow = tokio::spawn(async move { c.exec(&CallOpts::session("s"), "import time\ntime.sleep(60)").await });
+    let slow = tokio::spawn(async move {
+        c.exec(&CallOpts::session("s"), "import time\ntime.sleep(60)")
+            .await
+    });
     eventually(20, "the call to be running", || async {
         let l = client.session_list().await.unwrap();
         l.sessions.iter().any(|s| s.busy).then_some(())
@@ -190,7 +308,10 @@ async fn calls_in_flight_fail_with_backend_gone_when_the_agent_dies() {
     let e = within(20, slow).await.unwrap().unwrap_err();
     assert!(matches!(e, ClientError::BackendGone { .. }), "{e}");
     let e = within(20, client.ping()).await.unwrap_err();
-    assert!(matches!(e, ClientError::BackendGone { .. }), "later calls fail at once: {e}");
+    assert!(
+        matches!(e, ClientError::BackendGone { .. }),
+        "later calls fail at once: {e}"
+    );
     assert!(client.is_closed());
     let _ = child.wait().await;
 }
@@ -198,8 +319,18 @@ async fn calls_in_flight_fail_with_backend_gone_when_the_agent_dies() {
 #[tokio::test]
 async fn closing_stdin_stops_the_agent_and_its_workers() {
     let a = Agent::start(&[]).await;
-    let pid = a.value("s", "import os, subprocess\np = subprocess.Popen(['sleep', '60'])\n[os.getpid(), p.pid]").await;
-    let pids: Vec<i32> = pid.as_array().unwrap().iter().map(|p| p.as_i64().unwrap() as i32).collect();
+    let pid = a
+        .value(
+            "s",
+            "import os, subprocess\np = subprocess.Popen(['sleep', '60'])\n[os.getpid(), p.pid]",
+        )
+        .await;
+    let pids: Vec<i32> = pid
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p.as_i64().unwrap() as i32)
+        .collect();
     a.stop().await;
     for pid in pids {
         // Killed with the process group; gone once reaped (the sleep is reparented to init).

@@ -46,7 +46,8 @@ impl Raw {
     }
 
     async fn ping(&mut self, id: u64) {
-        self.send(&frame(format!(r#"{{"id":{id},"op":"ping"}}"#).as_bytes())).await;
+        self.send(&frame(format!(r#"{{"id":{id},"op":"ping"}}"#).as_bytes()))
+            .await;
         let r = self.reply().await;
         assert_eq!((r.id, r.body), (Some(id), Body::Ok(json!({"pong": true}))));
     }
@@ -55,7 +56,10 @@ impl Raw {
 #[tokio::test]
 async fn malformed_input_gets_error_replies_and_the_agent_keeps_serving() {
     let (mut child, stdin, stdout, _ws) = spawn_raw(&["--max-frame", "4096"]);
-    let mut raw = Raw { stdin, frames: FramedRead::new(stdout, FrameCodec::default()) };
+    let mut raw = Raw {
+        stdin,
+        frames: FramedRead::new(stdout, FrameCodec::default()),
+    };
     raw.ping(1).await;
 
     raw.send(b"this is not a frame").await;
@@ -65,32 +69,119 @@ async fn malformed_input_gets_error_replies_and_the_agent_keeps_serving() {
     raw.ping(2).await;
 
     let cases: Vec<(Vec<u8>, Option<u64>, &str, &str)> = vec![
-        (frame(b"{not json"), None, "BadFrame", "frame is not valid json"),
-        (frame(&[b'"', 0xC3, 0x28, b'"']), None, "BadFrame", "frame is not valid json"),
-        (frame(b"[1, 2]"), None, "BadRequest", "request is not a json object"),
-        (frame(br#"{"op":"ping"}"#), None, "BadRequest", "missing field `id`"),
-        (frame(br#"{"id":"7","op":"ping"}"#), None, "BadRequest", "field `id`: expected an unsigned integer"),
-        (frame(br#"{"id":3}"#), Some(3), "BadRequest", "missing field `op`"),
-        (frame(br#"{"id":4,"op":"teleport"}"#), Some(4), "UnknownOp", "unknown op `teleport`"),
-        (frame(br#"{"id":5,"op":"exec","code":42}"#), Some(5), "BadRequest", "field `code`: invalid type: integer `42`, expected a string"),
-        (frame(br#"{"id":6,"op":"exec"}"#), Some(6), "BadRequest", "missing field `code`"),
-        (frame(br#"{"id":7,"op":"call","handle":"h1","args":{}}"#), Some(7), "BadRequest", "field `args`: invalid type: map"),
-        (frame(br#"{"id":8,"op":"exec","code":"1","timeout":"soon"}"#), Some(8), "BadRequest", "field `timeout`"),
-        (frame(br#"{"id":9,"op":"exec","code":"1","session":"a/b"}"#), Some(9), "BadRequest", "field `session`"),
-        (frame(br#"{"id":10,"op":"files.put","path":"x","data":"%%"}"#), Some(10), "BadRequest", "field `data`: invalid base64"),
-        (frame(br#"{"id":11,"op":"session.close"}"#), Some(11), "BadRequest", "missing field `session`"),
-        (frame(&vec![b' '; 5000]), None, "FrameTooLarge", "frame of 5000 bytes exceeds the limit of 4096 bytes"),
+        (
+            frame(b"{not json"),
+            None,
+            "BadFrame",
+            "frame is not valid json",
+        ),
+        (
+            frame(&[b'"', 0xC3, 0x28, b'"']),
+            None,
+            "BadFrame",
+            "frame is not valid json",
+        ),
+        (
+            frame(b"[1, 2]"),
+            None,
+            "BadRequest",
+            "request is not a json object",
+        ),
+        (
+            frame(br#"{"op":"ping"}"#),
+            None,
+            "BadRequest",
+            "missing field `id`",
+        ),
+        (
+            frame(br#"{"id":"7","op":"ping"}"#),
+            None,
+            "BadRequest",
+            "field `id`: expected an unsigned integer",
+        ),
+        (
+            frame(br#"{"id":3}"#),
+            Some(3),
+            "BadRequest",
+            "missing field `op`",
+        ),
+        (
+            frame(br#"{"id":4,"op":"teleport"}"#),
+            Some(4),
+            "UnknownOp",
+            "unknown op `teleport`",
+        ),
+        (
+            frame(br#"{"id":5,"op":"exec","code":42}"#),
+            Some(5),
+            "BadRequest",
+            "field `code`: invalid type: integer `42`, expected a string",
+        ),
+        (
+            frame(br#"{"id":6,"op":"exec"}"#),
+            Some(6),
+            "BadRequest",
+            "missing field `code`",
+        ),
+        (
+            frame(br#"{"id":7,"op":"call","handle":"h1","args":{}}"#),
+            Some(7),
+            "BadRequest",
+            "field `args`: invalid type: map",
+        ),
+        (
+            frame(br#"{"id":8,"op":"exec","code":"1","timeout":"soon"}"#),
+            Some(8),
+            "BadRequest",
+            "field `timeout`",
+        ),
+        (
+            frame(br#"{"id":9,"op":"exec","code":"1","session":"a/b"}"#),
+            Some(9),
+            "BadRequest",
+            "field `session`",
+        ),
+        (
+            frame(br#"{"id":10,"op":"files.put","path":"x","data":"%%"}"#),
+            Some(10),
+            "BadRequest",
+            "field `data`: invalid base64",
+        ),
+        (
+            frame(br#"{"id":11,"op":"session.close"}"#),
+            Some(11),
+            "BadRequest",
+            "missing field `session`",
+        ),
+        (
+            frame(&vec![b' '; 5000]),
+            None,
+            "FrameTooLarge",
+            "frame of 5000 bytes exceeds the limit of 4096 bytes",
+        ),
     ];
     for (i, (bytes, want_id, kind, message)) in cases.into_iter().enumerate() {
         raw.send(&bytes).await;
         let (id, e) = raw.error().await;
-        assert_eq!((id, e.kind.as_str()), (want_id, kind), "case {i}: {}", e.message);
-        assert!(e.message.starts_with(message), "case {i}: {:?} does not start with {message:?}", e.message);
+        assert_eq!(
+            (id, e.kind.as_str()),
+            (want_id, kind),
+            "case {i}: {}",
+            e.message
+        );
+        assert!(
+            e.message.starts_with(message),
+            "case {i}: {:?} does not start with {message:?}",
+            e.message
+        );
         raw.ping(100 + i as u64).await;
     }
     drop(raw);
     let status = within(30, child.wait()).await.unwrap();
-    assert!(status.success(), "the agent exits cleanly at end of input: {status}");
+    assert!(
+        status.success(),
+        "the agent exits cleanly at end of input: {status}"
+    );
 }
 
 #[tokio::test]
@@ -101,10 +192,16 @@ async fn a_host_that_died_mid_frame_is_resynchronised_by_the_handshake() {
         let half = frame(br#"{"id":1,"op":"exec","session":"s","code":"x = 1"}"#);
         stdin.write_all(&half[..cut]).await.unwrap();
         stdin.flush().await.unwrap();
-        let client = within(30, AgentClient::connect(stdout, stdin)).await.expect("handshake after a cut frame");
+        let client = within(30, AgentClient::connect(stdout, stdin))
+            .await
+            .expect("handshake after a cut frame");
         assert!(client.ping().await.unwrap().pong, "cut {cut}");
         let r = client.exec(&CallOpts::session("s"), "1 + 1").await.unwrap();
-        assert_eq!(r.result.and_then(|o| o.value().cloned()), Some(json!(2)), "cut {cut}");
+        assert_eq!(
+            r.result.and_then(|o| o.value().cloned()),
+            Some(json!(2)),
+            "cut {cut}"
+        );
         drop(client);
         assert!(within(30, child.wait()).await.unwrap().success());
     }
@@ -118,7 +215,10 @@ async fn many_requests_in_flight_on_one_stream() {
         let c = a.client.clone();
         let session = format!("s{}", i % 4);
         calls.push(tokio::spawn(async move {
-            let r = c.exec(&CallOpts::session(session), &format!("{i} * 2")).await.unwrap();
+            let r = c
+                .exec(&CallOpts::session(session), &format!("{i} * 2"))
+                .await
+                .unwrap();
             (i, r.result.and_then(|o| o.value().cloned()))
         }));
     }
