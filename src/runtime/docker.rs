@@ -10,11 +10,14 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use bollard::errors::Error as BollardError;
-use bollard::models::{ContainerCreateBody, HostConfig, HostConfigLogConfig};
+use bollard::models::{
+    ContainerCreateBody, HostConfig, HostConfigLogConfig, Mount, MountType, ResourcesUlimits,
+    RestartPolicy, RestartPolicyNameEnum,
+};
 use bollard::query_parameters::{
-    BuildImageOptionsBuilder, CreateContainerOptionsBuilder, CreateImageOptionsBuilder,
-    ListContainersOptionsBuilder, ListImagesOptionsBuilder, LogsOptionsBuilder,
-    RemoveContainerOptionsBuilder, RemoveImageOptionsBuilder,
+    AttachContainerOptionsBuilder, BuildImageOptionsBuilder, CreateContainerOptionsBuilder,
+    CreateImageOptionsBuilder, ListContainersOptionsBuilder, ListImagesOptionsBuilder,
+    LogsOptionsBuilder, RemoveContainerOptionsBuilder, RemoveImageOptionsBuilder,
 };
 use bollard::Docker;
 use bytes::Bytes;
@@ -22,12 +25,17 @@ use futures_util::{StreamExt, TryStreamExt};
 use tokio::sync::Mutex;
 
 use super::{
-    ContainerInfo, ContainerRuntime, EngineInfo, EngineProgress, Error, ImageInfo, Labels,
-    ProgressFn, Result, RunOnce, RunOutput,
+    Attached, ContainerInfo, ContainerRuntime, ContainerState, EngineInfo, EngineProgress, Error,
+    ImageInfo, Labels, ProgressFn, Result, RunOnce, RunOutput, SandboxSpec, VENV_PATH,
 };
 
 /// How long negotiating with (or pinging) the engine may take before it counts as unreachable.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Lines of a sandbox's stderr kept for error messages.
+const STDERR_TAIL_LINES: usize = 40;
+/// Open files per sandbox process.
+const SANDBOX_NOFILE: i64 = 4096;
+
 /// Cap on what a [`RunOnce`] container's output we keep.
 const RUN_OUTPUT_CAP: usize = 64 * 1024;
 
@@ -496,6 +504,157 @@ impl ContainerRuntime for DockerRuntime {
                 status_code: 404, ..
             }) => Ok(()),
             Err(e) => Err(map_err("remove_container", e)),
+        }
+    }
+
+    async fn create_sandbox(&self, spec: &SandboxSpec) -> Result<String> {
+        let docker = self.client().await?;
+        let uid = crate::orchestrator::runtimes::SANDBOX_UID;
+        let tmpfs = std::collections::HashMap::from([
+            (
+                "/tmp".to_string(),
+                format!("rw,nosuid,nodev,size={},mode=1777", spec.tmp_bytes),
+            ),
+            (
+                "/workspace".to_string(),
+                format!(
+                    "rw,nosuid,nodev,size={},uid={uid},gid={uid},mode=0700",
+                    spec.workspace_bytes
+                ),
+            ),
+        ]);
+        let mounts = spec.venv_volume.as_ref().map(|volume| {
+            vec![Mount {
+                target: Some(VENV_PATH.to_string()),
+                source: Some(volume.clone()),
+                typ: Some(MountType::VOLUME),
+                read_only: Some(true),
+                ..Default::default()
+            }]
+        });
+        let body = ContainerCreateBody {
+            image: Some(spec.image.clone()),
+            cmd: Some(spec.args.clone()),
+            user: Some(format!("{uid}:{uid}")),
+            working_dir: Some("/workspace".into()),
+            labels: Some(spec.labels.clone()),
+            attach_stdin: Some(true),
+            attach_stdout: Some(true),
+            attach_stderr: Some(true),
+            open_stdin: Some(true),
+            stdin_once: Some(false),
+            tty: Some(false),
+            network_disabled: Some(!spec.egress),
+            host_config: Some(HostConfig {
+                network_mode: Some(if spec.egress { "bridge" } else { "none" }.into()),
+                cap_drop: Some(vec!["ALL".into()]),
+                security_opt: Some(vec!["no-new-privileges".into()]),
+                readonly_rootfs: Some(true),
+                tmpfs: Some(tmpfs),
+                mounts,
+                memory: Some(spec.memory_bytes),
+                memory_swap: Some(spec.memory_bytes),
+                nano_cpus: Some(spec.nano_cpus),
+                pids_limit: Some(spec.pids),
+                ulimits: Some(vec![ResourcesUlimits {
+                    name: Some("nofile".into()),
+                    soft: Some(SANDBOX_NOFILE),
+                    hard: Some(SANDBOX_NOFILE),
+                }]),
+                init: Some(true),
+                privileged: Some(false),
+                publish_all_ports: Some(false),
+                restart_policy: Some(RestartPolicy {
+                    name: Some(RestartPolicyNameEnum::NO),
+                    maximum_retry_count: None,
+                }),
+                log_config: Some(HostConfigLogConfig {
+                    typ: Some("none".into()),
+                    config: None,
+                }),
+                runtime: spec.oci_runtime.clone(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let opts = CreateContainerOptionsBuilder::new()
+            .name(&spec.name)
+            .build();
+        let created = docker
+            .create_container(Some(opts), body)
+            .await
+            .map_err(|e| map_err("create_container", e))?;
+        Ok(created.id)
+    }
+
+    async fn start_container(&self, id: &str) -> Result<()> {
+        let docker = self.client().await?;
+        docker
+            .start_container(id, None)
+            .await
+            .map_err(|e| map_err("start_container", e))
+    }
+
+    async fn attach(&self, id: &str) -> Result<Attached> {
+        let docker = self.client().await?;
+        let opts = AttachContainerOptionsBuilder::new()
+            .stdin(true)
+            .stdout(true)
+            .stderr(true)
+            .stream(true)
+            .logs(false)
+            .build();
+        let attached = docker
+            .attach_container(id, Some(opts))
+            .await
+            .map_err(|e| map_err("attach_container", e))?;
+        let tail = std::sync::Arc::new(std::sync::Mutex::new(std::collections::VecDeque::new()));
+        let sink = tail.clone();
+        let container = id.chars().take(12).collect::<String>();
+        // Frames come on stdout; stderr is the agent's (and Python's) last resort, kept as a tail.
+        let stdout = attached.output.filter_map(move |item| {
+            let out = match item {
+                Ok(bollard::container::LogOutput::StdOut { message }) => Some(Ok(message)),
+                Ok(bollard::container::LogOutput::StdErr { message }) => {
+                    let text = String::from_utf8_lossy(&message);
+                    let mut tail = sink.lock().unwrap_or_else(|p| p.into_inner());
+                    for line in text.lines().filter(|l| !l.trim().is_empty()) {
+                        tracing::debug!(container = %container, "sandbox stderr: {line}");
+                        if tail.len() == STDERR_TAIL_LINES {
+                            tail.pop_front();
+                        }
+                        tail.push_back(line.to_string());
+                    }
+                    None
+                }
+                Ok(_) => None,
+                Err(e) => Some(Err(std::io::Error::other(e.to_string()))),
+            };
+            std::future::ready(out)
+        });
+        Ok(Attached {
+            stdout: Box::new(tokio_util::io::StreamReader::new(Box::pin(stdout))),
+            stdin: Box::new(attached.input),
+            stderr_tail: tail,
+        })
+    }
+
+    async fn container_state(&self, id: &str) -> Result<Option<ContainerState>> {
+        let docker = self.client().await?;
+        match docker.inspect_container(id, None).await {
+            Ok(c) => {
+                let state = c.state.unwrap_or_default();
+                Ok(Some(ContainerState {
+                    running: state.running.unwrap_or(false),
+                    exit_code: state.exit_code,
+                    oom_killed: state.oom_killed.unwrap_or(false),
+                    labels: c.config.and_then(|c| c.labels).unwrap_or_default(),
+                }))
+            }
+            Err(BollardError::DockerResponseServerError {
+                status_code: 404, ..
+            }) => Ok(None),
+            Err(e) => Err(map_err("inspect_container", e)),
         }
     }
 }

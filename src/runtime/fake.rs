@@ -11,8 +11,8 @@ use async_trait::async_trait;
 use bytes::Bytes;
 
 use super::{
-    ContainerInfo, ContainerRuntime, EngineInfo, Error, ImageInfo, Labels, ProgressFn, Result,
-    RunOnce, RunOutput,
+    Attached, ContainerInfo, ContainerRuntime, ContainerState, EngineInfo, Error, ImageInfo,
+    Labels, ProgressFn, Result, RunOnce, RunOutput, SandboxSpec,
 };
 
 /// Scripted engine state.
@@ -203,6 +203,81 @@ impl ContainerRuntime for FakeRuntime {
         let mut s = self.enter("remove_container")?;
         s.containers.retain(|c| c.id != id && c.name != id);
         Ok(())
+    }
+
+    async fn create_sandbox(&self, spec: &SandboxSpec) -> Result<String> {
+        let mut s = self.enter("create_sandbox")?;
+        let id = s.new_id().trim_start_matches("sha256:").to_string();
+        s.containers.push(ContainerInfo {
+            id: id.clone(),
+            name: spec.name.clone(),
+            labels: spec.labels.clone(),
+            state: "created".into(),
+            created: 0,
+        });
+        Ok(id)
+    }
+
+    async fn start_container(&self, id: &str) -> Result<()> {
+        let mut s = self.enter("start_container")?;
+        match s.containers.iter_mut().find(|c| c.id == id) {
+            Some(c) => {
+                c.state = "running".into();
+                Ok(())
+            }
+            None => Err(Error::NotFound {
+                what: "container",
+                name: id.into(),
+            }),
+        }
+    }
+
+    /// Attaches an in-process agent (the real one, running the machine's python3) through an
+    /// in-memory pipe, so orchestration tests exercise the real protocol.
+    async fn attach(&self, id: &str) -> Result<Attached> {
+        drop(self.enter("attach")?);
+        let (host_side, agent_side) = tokio::io::duplex(1 << 16);
+        let (agent_read, agent_write) = tokio::io::split(agent_side);
+        let workspace = std::env::temp_dir().join(format!("beephost-fake-{id}"));
+        let _ = std::fs::create_dir_all(&workspace);
+        #[derive(clap::Parser)]
+        struct Agent {
+            #[command(flatten)]
+            args: crate::agent::AgentArgs,
+        }
+        let args = <Agent as clap::Parser>::try_parse_from([
+            "agent".as_ref(),
+            "--workspace".as_ref(),
+            workspace.as_os_str(),
+        ])
+        .map_err(|e| Error::Engine {
+            op: "attach",
+            message: e.to_string(),
+        })?;
+        let config = args.args.into_config().map_err(|e| Error::Engine {
+            op: "attach",
+            message: e.to_string(),
+        })?;
+        tokio::spawn(crate::agent::serve(config, agent_read, agent_write));
+        let (read, write) = tokio::io::split(host_side);
+        Ok(Attached {
+            stdout: Box::new(read),
+            stdin: Box::new(write),
+            stderr_tail: Default::default(),
+        })
+    }
+
+    async fn container_state(&self, id: &str) -> Result<Option<ContainerState>> {
+        let s = self.enter("container_state")?;
+        Ok(s.containers
+            .iter()
+            .find(|c| c.id == id)
+            .map(|c| ContainerState {
+                running: c.state == "running",
+                exit_code: None,
+                oom_killed: false,
+                labels: c.labels.clone(),
+            }))
     }
 }
 

@@ -73,6 +73,97 @@ pub struct ContainerInfo {
     pub created: i64,
 }
 
+/// A sandbox container: the agent, hardened as DESIGN.md's "A sandbox container, by default".
+/// There is deliberately no field for binds, devices, privileges, ports or another working
+/// directory: nothing can ask for them.
+#[derive(Debug, Clone, Default)]
+pub struct SandboxSpec {
+    pub name: String,
+    pub image: String,
+    /// Arguments after the image's entrypoint (`beephost agent`).
+    pub args: Vec<String>,
+    pub labels: Labels,
+    /// A volume mounted read-only at [`VENV_PATH`].
+    pub venv_volume: Option<String>,
+    pub memory_bytes: i64,
+    pub nano_cpus: i64,
+    pub pids: i64,
+    /// Size of the /workspace tmpfs.
+    pub workspace_bytes: i64,
+    /// Size of the /tmp tmpfs.
+    pub tmp_bytes: i64,
+    /// Bridge networking instead of none (egress explicitly enabled).
+    pub egress: bool,
+    /// An OCI runtime such as `runsc` (gVisor); the engine's default when `None`.
+    pub oci_runtime: Option<String>,
+}
+
+/// Where a venv volume is mounted in sandboxes and build jobs (venv scripts bake their path).
+pub const VENV_PATH: &str = "/venv";
+
+/// A live attach stream: the agent's stdout to read frames from, its stdin to write them to.
+pub struct Attached {
+    pub stdout: Box<dyn tokio::io::AsyncRead + Send + Unpin>,
+    pub stdin: Box<dyn tokio::io::AsyncWrite + Send + Unpin>,
+    /// The last lines the container wrote to stderr, for "the agent's last words".
+    pub stderr_tail: std::sync::Arc<std::sync::Mutex<std::collections::VecDeque<String>>>,
+}
+
+/// A container's runtime state.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct ContainerState {
+    pub running: bool,
+    pub exit_code: Option<i64>,
+    pub oom_killed: bool,
+    pub labels: Labels,
+}
+
+/// A named volume as the orchestrator needs to see it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct VolumeInfo {
+    pub name: String,
+    pub labels: Labels,
+    /// RFC 3339 creation time, as the engine reports it.
+    pub created: String,
+}
+
+/// A named volume mounted into a [`Job`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct VolumeMount {
+    pub volume: String,
+    pub target: String,
+    pub read_only: bool,
+}
+
+/// A short-lived container that runs one command to completion with its output streamed:
+/// venv builds. Unlike [`RunOnce`] it may mount volumes, read-only host paths, and get a
+/// network. Hardened like every container the host makes: no capabilities, no new privileges,
+/// read-only root filesystem with a tmpfs /tmp, memory and pids limits.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Job {
+    /// The container's name; the engine refuses a second container of the same name, which
+    /// makes it a lock across hosts.
+    pub name: String,
+    pub image: String,
+    pub cmd: Vec<String>,
+    pub env: Vec<(String, String)>,
+    /// `uid[:gid]`; the image's default when `None`.
+    pub user: Option<String>,
+    pub labels: Labels,
+    pub volumes: Vec<VolumeMount>,
+    /// Host paths mounted read-only: `(host path, target)`.
+    pub read_only_binds: Vec<(std::path::PathBuf, String)>,
+    /// The default bridge network when true, none otherwise.
+    pub network: bool,
+    pub memory_bytes: i64,
+    pub pids: i64,
+    /// Seconds before the container is killed.
+    pub timeout_secs: u64,
+}
+
+/// Where a [`Job`]'s output goes, one line (stdout or stderr) at a time.
+pub type LineFn<'a> = &'a (dyn Fn(&str) + Send + Sync);
+
 /// What the engine says about itself.
 #[derive(Debug, Clone, PartialEq)]
 pub struct EngineInfo {
@@ -138,4 +229,23 @@ pub trait ContainerRuntime: Send + Sync + 'static {
     async fn list_containers(&self, labels: &Labels) -> Result<Vec<ContainerInfo>>;
     /// Force-removes a container and its anonymous volumes; absent ones are not an error.
     async fn remove_container(&self, id: &str) -> Result<()>;
+    /// Creates (does not start) a sandbox container; returns its id.
+    async fn create_sandbox(&self, spec: &SandboxSpec) -> Result<String>;
+    /// Starts a created container.
+    async fn start_container(&self, id: &str) -> Result<()>;
+    /// Attaches to a container's stdin/stdout/stderr (no TTY, stdin kept open).
+    async fn attach(&self, id: &str) -> Result<Attached>;
+    /// A container's state, `None` when it does not exist.
+    async fn container_state(&self, id: &str) -> Result<Option<ContainerState>>;
+    /// Creates a named volume carrying `labels`.
+    async fn create_volume(&self, name: &str, labels: &Labels) -> Result<VolumeInfo>;
+    /// A volume by name, `None` when absent.
+    async fn inspect_volume(&self, name: &str) -> Result<Option<VolumeInfo>>;
+    /// Volumes carrying every one of `labels`.
+    async fn list_volumes(&self, labels: &Labels) -> Result<Vec<VolumeInfo>>;
+    /// Removes a volume; absent ones are not an error, one in use by a container is.
+    async fn remove_volume(&self, name: &str) -> Result<()>;
+    /// Runs a [`Job`] to completion, passing each output line to `output`, and removes its
+    /// container whatever happens (timeout included).
+    async fn run_job(&self, job: &Job, output: LineFn<'_>) -> Result<RunOutput>;
 }
