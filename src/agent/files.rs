@@ -310,7 +310,11 @@ pub fn list(root: &Path, path: &str) -> Result<FilesListReply, FileError> {
             continue;
         }
         let (kind, size) = match lstat_at(&dir, name) {
-            Some(st) => (kind_of(st.st_mode), st.st_size as u64),
+            Some(st) => {
+                let kind = kind_of(st.st_mode);
+                // Only a regular file's size means anything to a user.
+                (kind, if kind == "file" { st.st_size as u64 } else { 0 })
+            }
             None => ("other", 0),
         };
         entries.push(DirEntry {

@@ -330,6 +330,7 @@ pub struct DirEntry {
     pub name: String,
     /// `file`, `dir`, `symlink` or `other`.
     pub kind: String,
+    /// Bytes, for regular files; 0 for everything else.
     pub size: u64,
 }
 
