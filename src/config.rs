@@ -44,6 +44,17 @@ pub struct FileConfig {
     pub labels: Option<HashMap<String, String>>,
     pub agent_binary: Option<PathBuf>,
     pub prepare_runtime: Option<bool>,
+    pub host_id: Option<String>,
+    pub run_dir: Option<PathBuf>,
+    pub backend_bind: Option<String>,
+    pub backend_ports: Option<String>,
+    pub metrics_listen: Option<String>,
+    pub index_url: Option<String>,
+    pub ca_bundle: Option<PathBuf>,
+    pub wheelhouse: Option<PathBuf>,
+    pub find_links_roots: Option<Vec<PathBuf>>,
+    pub no_index: Option<bool>,
+    pub allow_url_requirements: Option<bool>,
 }
 
 impl FileConfig {
@@ -70,6 +81,15 @@ pub struct ServeSettings {
     pub labels: HashMap<String, String>,
     /// Copied into runtime images as the agent.
     pub agent_binary: PathBuf,
+    /// The owner label of this host's backends.
+    pub host_id: String,
+    /// Where backend endpoints are bound.
+    pub endpoints: crate::endpoints::EndpointSettings,
+    /// A second listener that serves only `/metrics` (unauthenticated, like the probes), so
+    /// Prometheus can scrape from a network the API is not exposed on.
+    pub metrics_listen: Option<SocketAddr>,
+    /// Package sources and policies of venv builds.
+    pub venvs: crate::orchestrator::venvs::VenvSettings,
 }
 
 impl ServeSettings {
@@ -128,8 +148,68 @@ impl ServeSettings {
                 agent_binary.display()
             )));
         }
+        let metrics_listen = match args.metrics_listen.clone().or(file.metrics_listen) {
+            Some(text) => Some(text.parse::<SocketAddr>().map_err(|_| {
+                ConfigError(format!(
+                    "metrics listen address `{text}` is not HOST:PORT (like 127.0.0.1:9464)"
+                ))
+            })?),
+            None => None,
+        };
+        let host_id = match args.host_id.clone().or(file.host_id) {
+            Some(id) if crate::orchestrator::backends::spec::valid_name(&id) => id,
+            Some(id) => {
+                return Err(ConfigError(format!(
+                    "host id `{id}` is not 1 to 63 of a-z 0-9 _ . - starting with a letter or digit"
+                )))
+            }
+            None => default_host_id(listen.port()),
+        };
+        let bind_text = args
+            .backend_bind
+            .clone()
+            .or(file.backend_bind)
+            .unwrap_or_else(|| "127.0.0.1".into());
+        let bind = bind_text.parse().map_err(|_| {
+            ConfigError(format!(
+                "backend bind address `{bind_text}` is not an IP address"
+            ))
+        })?;
+        let ports = match args.backend_ports.clone().or(file.backend_ports) {
+            None => None,
+            Some(text) => {
+                let parsed = text
+                    .split_once('-')
+                    .and_then(|(lo, hi)| {
+                        Some((
+                            lo.trim().parse::<u16>().ok()?,
+                            hi.trim().parse::<u16>().ok()?,
+                        ))
+                    })
+                    .filter(|(lo, hi)| lo <= hi && *lo > 0);
+                Some(parsed.ok_or_else(|| {
+                    ConfigError(format!(
+                        "backend port range `{text}` is not LO-HI (like 20000-20999)"
+                    ))
+                })?)
+            }
+        };
+        let endpoints = crate::endpoints::EndpointSettings {
+            bind,
+            ports,
+            run_dir: args
+                .run_dir
+                .clone()
+                .or(file.run_dir)
+                .unwrap_or_else(crate::endpoints::default_run_dir),
+        };
+        let venvs = venv_settings(args, &file)?;
         Ok(ServeSettings {
+            venvs,
+            host_id,
+            endpoints,
             listen,
+            metrics_listen,
             token,
             log_format: args
                 .log_format
@@ -141,6 +221,80 @@ impl ServeSettings {
             agent_binary,
         })
     }
+}
+
+/// Venv package sources: flags/env over the file; paths must exist, the index must be http(s).
+fn venv_settings(
+    args: &ServeArgs,
+    file: &FileConfig,
+) -> Result<crate::orchestrator::venvs::VenvSettings, ConfigError> {
+    let index_url = args.index_url.clone().or(file.index_url.clone());
+    if let Some(url) = &index_url {
+        if !(url.starts_with("https://") || url.starts_with("http://")) {
+            return Err(ConfigError(format!("index URL `{url}` is not an http(s) URL")));
+        }
+    }
+    let ca_bundle = args.ca_bundle.clone().or(file.ca_bundle.clone());
+    if let Some(ca) = &ca_bundle {
+        if !ca.is_absolute() || !ca.is_file() {
+            return Err(ConfigError(format!(
+                "CA bundle {} is not an absolute path to a file",
+                ca.display()
+            )));
+        }
+    }
+    let wheelhouse = args.wheelhouse.clone().or(file.wheelhouse.clone());
+    let roots: Vec<PathBuf> = match &args.find_links_roots {
+        Some(list) => list
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(PathBuf::from)
+            .collect(),
+        None => file.find_links_roots.clone().unwrap_or_default(),
+    };
+    for dir in wheelhouse.iter().chain(roots.iter()) {
+        if !dir.is_absolute() || !dir.is_dir() {
+            return Err(ConfigError(format!(
+                "wheelhouse {} is not an absolute path to a directory",
+                dir.display()
+            )));
+        }
+    }
+    Ok(crate::orchestrator::venvs::VenvSettings {
+        index_url,
+        ca_bundle,
+        wheelhouse,
+        find_links_roots: roots,
+        no_index: args.no_index || file.no_index.unwrap_or(false),
+        allow_url_requirements: args.allow_url_requirements
+            || file.allow_url_requirements.unwrap_or(false),
+    })
+}
+
+/// `hostname-port`: stable across restarts of the same host on the same port.
+fn default_host_id(port: u16) -> String {
+    let mut buf = [0u8; 256];
+    // SAFETY: the buffer is valid for its length; gethostname NUL-terminates on success.
+    let ok = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) } == 0;
+    let host = if ok {
+        let end = buf.iter().position(|b| *b == 0).unwrap_or(buf.len());
+        String::from_utf8_lossy(&buf[..end]).to_lowercase()
+    } else {
+        "host".to_string()
+    };
+    let host: String = host
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '.' {
+                c
+            } else {
+                '-'
+            }
+        })
+        .take(50)
+        .collect();
+    format!("{}-{port}", host.trim_start_matches(['-', '.']))
 }
 
 fn absolute(path: &Path) -> Result<PathBuf, ConfigError> {

@@ -34,8 +34,31 @@ pub fn state(settings: &ServeSettings, engine: Arc<dyn ContainerRuntime>) -> Arc
             binary: settings.agent_binary.clone(),
         },
     );
+    let endpoints = Arc::new(crate::endpoints::HostEndpoints::new(
+        settings.endpoints.clone(),
+    ));
+    let backends = crate::orchestrator::backends::Backends::new(
+        engine.clone(),
+        endpoints,
+        crate::orchestrator::backends::BackendsConfig {
+            host_id: settings.host_id.clone(),
+            extra_labels: settings.labels.clone(),
+            bounds: Default::default(),
+            oci_runtime: None,
+        },
+    );
     Arc::new(AppState {
-        orchestrator: Orchestrator::new(engine, runtimes, settings.prepare_runtime),
+        orchestrator: Orchestrator::new(
+            engine.clone(),
+            runtimes,
+            backends,
+            settings.prepare_runtime,
+        )
+        .with_venvs(crate::orchestrator::venvs::Venvs::new(
+            engine,
+            settings.labels.clone(),
+            settings.venvs.clone(),
+        )),
         default_source: settings.default_source.clone(),
         token: settings.token.clone(),
     })
@@ -50,7 +73,14 @@ pub async fn serve_main(args: ServeArgs, token: Option<String>) -> ExitCode {
             return ExitCode::Config;
         }
     };
-    crate::telemetry::init(settings.log_format);
+    let telemetry = match crate::telemetry::init(settings.log_format) {
+        Ok(t) => t,
+        Err(e) => {
+            output::error(&e, None);
+            return ExitCode::Config;
+        }
+    };
+    crate::metrics::init();
     let listener = match TcpListener::bind(settings.listen).await {
         Ok(l) => l,
         Err(e) => {
@@ -65,10 +95,42 @@ pub async fn serve_main(args: ServeArgs, token: Option<String>) -> ExitCode {
         .local_addr()
         .map(|a| a.to_string())
         .unwrap_or_default();
-    tracing::info!(addr = %addr, version = crate::VERSION, "listening");
+    let metrics_listener = match settings.metrics_listen {
+        Some(metrics_addr) => match TcpListener::bind(metrics_addr).await {
+            Ok(l) => Some(l),
+            Err(e) => {
+                output::error(
+                    &format!("cannot listen on {metrics_addr} for metrics: {e}"),
+                    Some("pick another address with --metrics-listen or BEEPHOST_METRICS_LISTEN"),
+                );
+                return ExitCode::Config;
+            }
+        },
+        None => None,
+    };
+    tracing::info!(addr = %addr, version = crate::VERSION, traces = telemetry.tracing_enabled(), "listening");
+    if let Some(metrics_listener) = metrics_listener {
+        let metrics_addr = metrics_listener
+            .local_addr()
+            .map(|a| a.to_string())
+            .unwrap_or_default();
+        tracing::info!(addr = %metrics_addr, "metrics listening");
+        tokio::spawn(async move {
+            if let Err(e) = run(
+                metrics_listener,
+                api::metrics::admin_router(),
+                shutdown_signal(),
+            )
+            .await
+            {
+                tracing::error!(error = %e, "the metrics listener failed");
+            }
+        });
+    }
 
     let engine: Arc<dyn ContainerRuntime> = Arc::new(DockerRuntime::from_env());
     let state = state(&settings, engine);
+    tokio::spawn(keep_reconciled(Arc::downgrade(&state)));
     if settings.prepare_runtime {
         let state = state.clone();
         let source = settings.default_source.clone();
@@ -76,7 +138,7 @@ pub async fn serve_main(args: ServeArgs, token: Option<String>) -> ExitCode {
             prepare_default_runtime(state, source).await;
         });
     }
-    match run(listener, api::router(state), shutdown_signal()).await {
+    let code = match run(listener, api::router(state), shutdown_signal()).await {
         Ok(()) => {
             tracing::info!("stopped");
             ExitCode::Ok
@@ -85,6 +147,26 @@ pub async fn serve_main(args: ServeArgs, token: Option<String>) -> ExitCode {
             output::error(&format!("the server failed: {e}"), None);
             ExitCode::Failure
         }
+    };
+    telemetry.shutdown().await;
+    code
+}
+
+/// Reconciles backends at start and every 30 s, and reaps expired ones every second.
+async fn keep_reconciled(state: std::sync::Weak<AppState>) {
+    let mut last_reconcile: Option<std::time::Instant> = None;
+    loop {
+        let Some(state) = state.upgrade() else { return };
+        let due = last_reconcile.is_none_or(|t| t.elapsed() >= std::time::Duration::from_secs(30));
+        if due {
+            match state.orchestrator.reconcile().await {
+                Ok(_) => last_reconcile = Some(std::time::Instant::now()),
+                Err(e) => tracing::warn!(error = %e, "cannot reconcile backends yet"),
+            }
+        }
+        state.orchestrator.backends.reap().await;
+        drop(state);
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
     }
 }
 

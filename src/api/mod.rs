@@ -2,9 +2,13 @@
 //! result. Handlers never touch the container engine; errors become problems in one place
 //! ([`problem`]).
 
+pub mod backends;
 pub mod health;
+pub mod legacy;
+pub mod metrics;
 pub mod problem;
 pub mod runtimes;
+pub mod venvs;
 
 use std::sync::Arc;
 
@@ -12,7 +16,7 @@ use axum::extract::{Request, State};
 use axum::http::header;
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{delete, get, post};
 use axum::Router;
 
 use crate::orchestrator::{Orchestrator, RuntimeSource};
@@ -31,12 +35,36 @@ pub struct AppState {
 pub fn router(state: Arc<AppState>) -> Router {
     let protected = Router::new()
         .route("/v1/runtimes", get(runtimes::list).post(runtimes::init))
+        .route("/v1/venvs", get(venvs::list).post(venvs::create))
+        .route("/v1/venvs/{name}", get(venvs::get).delete(venvs::delete))
+        .route("/v1/venvs/{name}/packages", post(venvs::packages))
+        .route("/v1/venv-templates", get(venvs::templates))
+        .route("/venv/create", post(legacy::create))
+        .route("/venv/delete", post(legacy::delete))
+        .route("/v1/backends", get(backends::list).post(backends::create))
+        .route(
+            "/v1/backends/{id}",
+            get(backends::get).delete(backends::delete),
+        )
+        .route("/v1/backends/{id}/restart", post(backends::restart))
+        .route("/v1/backends/{id}/logs", get(backends::logs))
+        .route(
+            "/v1/backends/{id}/sessions",
+            get(backends::sessions_list).post(backends::sessions_open),
+        )
+        .route(
+            "/v1/backends/{id}/sessions/{sid}",
+            delete(backends::sessions_close),
+        )
+        .route("/v1/backends/{id}/{op}", post(backends::operation))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
     Router::new()
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
+        .route("/metrics", get(metrics::metrics))
         .merge(protected)
         .fallback(not_found)
+        .layer(middleware::from_fn(metrics::observe))
         .with_state(state)
 }
 
@@ -98,7 +126,27 @@ mod tests {
             },
         );
         router(Arc::new(AppState {
-            orchestrator: Orchestrator::new(fake, runtimes, false),
+            orchestrator: Orchestrator::new(
+                fake.clone(),
+                runtimes,
+                crate::orchestrator::backends::Backends::new(
+                    fake,
+                    Arc::new(crate::endpoints::HostEndpoints::new(
+                        crate::endpoints::EndpointSettings {
+                            bind: [127, 0, 0, 1].into(),
+                            ports: None,
+                            run_dir: std::env::temp_dir(),
+                        },
+                    )),
+                    crate::orchestrator::backends::BackendsConfig {
+                        host_id: "test".into(),
+                        extra_labels: Default::default(),
+                        bounds: Default::default(),
+                        oci_runtime: None,
+                    },
+                ),
+                false,
+            ),
             default_source: RuntimeSource::Image("python:3.12-slim".into()),
             token: token.map(str::to_string),
         }))

@@ -118,9 +118,42 @@ pub struct ServeArgs {
     /// Extra io.beephost.* labels (k=v,k=v) stamped on everything the host creates
     #[arg(long, env = env_vars::BEEPHOST_LABELS)]
     pub labels: Option<String>,
+    /// Stable id of this host, the owner label of its backends [default: hostname-port]
+    #[arg(long, env = env_vars::BEEPHOST_HOST_ID)]
+    pub host_id: Option<String>,
+    /// Directory for the host's Unix sockets (pipe backends) [default: /run/beephost as root]
+    #[arg(long, env = env_vars::BEEPHOST_RUN_DIR)]
+    pub run_dir: Option<PathBuf>,
+    /// Address backend http endpoints bind to [default: 127.0.0.1]
+    #[arg(long, env = env_vars::BEEPHOST_BACKEND_BIND)]
+    pub backend_bind: Option<String>,
+    /// Port range of backend http endpoints, LO-HI [default: any free port]
+    #[arg(long, env = env_vars::BEEPHOST_BACKEND_PORTS)]
+    pub backend_ports: Option<String>,
     /// Binary copied into runtime images as the agent [default: this executable]
     #[arg(long, env = env_vars::BEEPHOST_AGENT_BINARY)]
     pub agent_binary: Option<PathBuf>,
+    /// Also serve /metrics (only) on this address, e.g. an admin network [default: off]
+    #[arg(long, env = env_vars::BEEPHOST_METRICS_LISTEN)]
+    pub metrics_listen: Option<String>,
+    /// Package index venv builds use [default: the installer's, PyPI]
+    #[arg(long, env = env_vars::BEEPHOST_INDEX_URL)]
+    pub index_url: Option<String>,
+    /// CA bundle file mounted into venv build jobs (for TLS interception) [default: none]
+    #[arg(long, env = env_vars::BEEPHOST_CA_BUNDLE)]
+    pub ca_bundle: Option<PathBuf>,
+    /// Directory of wheels every venv build may install from (--find-links) [default: none]
+    #[arg(long, env = env_vars::BEEPHOST_WHEELHOUSE)]
+    pub wheelhouse: Option<PathBuf>,
+    /// Directories (comma separated) a venv request's own find_links may lie in
+    #[arg(long, env = env_vars::BEEPHOST_FIND_LINKS_ROOTS)]
+    pub find_links_roots: Option<String>,
+    /// Venv builds use no package index (and no network) unless a request asks
+    #[arg(long, env = env_vars::BEEPHOST_NO_INDEX)]
+    pub no_index: bool,
+    /// Accept `name @ https://…` requirements in venvs
+    #[arg(long, env = env_vars::BEEPHOST_ALLOW_URL_REQUIREMENTS)]
+    pub allow_url_requirements: bool,
 }
 
 /// `beephost init`.

@@ -3,7 +3,9 @@
 //! It never sees HTTP types (the api module parses requests into its calls) and never names an
 //! engine (it holds an `Arc<dyn ContainerRuntime>`). Each resource has its own file.
 
+pub mod backends;
 pub mod runtimes;
+pub mod venvs;
 
 pub use runtimes::{
     AgentPayload, InitRequest, Phase, Progress, Runtime, RuntimeSource, RuntimeState, Runtimes,
@@ -21,6 +23,10 @@ use crate::runtime::EngineInfo;
 pub struct Orchestrator {
     engine: Arc<dyn ContainerRuntime>,
     pub runtimes: Runtimes,
+    pub venvs: venvs::Venvs,
+    pub backends: Arc<backends::Backends>,
+    /// Set once the first reconciliation has run (part of readiness).
+    reconciled: std::sync::atomic::AtomicBool,
     /// Whether readiness waits for a default runtime.
     expects_runtime: bool,
 }
@@ -29,6 +35,8 @@ pub struct Orchestrator {
 #[derive(Debug, Clone, Serialize)]
 pub struct Readiness {
     pub ready: bool,
+    /// Whether the host has reconciled its backends with the engine since it started.
+    pub reconciled: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub engine: Option<EngineStatus>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -55,16 +63,32 @@ impl Orchestrator {
     pub fn new(
         engine: Arc<dyn ContainerRuntime>,
         runtimes: Runtimes,
+        backends: Arc<backends::Backends>,
         expects_runtime: bool,
     ) -> Self {
+        let venvs = venvs::Venvs::new(engine.clone(), Default::default(), Default::default());
         Orchestrator {
             engine,
             runtimes,
+            venvs,
+            backends,
+            reconciled: std::sync::atomic::AtomicBool::new(false),
             expects_runtime,
         }
     }
 
+    /// Replaces the venv service (the host's labels and package sources).
+    pub fn with_venvs(mut self, venvs: venvs::Venvs) -> Self {
+        self.venvs = venvs;
+        self
+    }
+
     /// Ready when the engine answers and, if the host prepares one, the default runtime is.
+    #[tracing::instrument(
+        name = "orchestrator.readiness",
+        skip_all,
+        fields(operation = "readiness")
+    )]
     pub async fn readiness(&self) -> Readiness {
         let engine = self.engine.ping().await;
         let runtime = self.runtimes.state();
@@ -73,8 +97,10 @@ impl Orchestrator {
             Ok(info) => (Some(info.into()), None),
             Err(e) => (None, Some(e.to_string())),
         };
+        let reconciled = self.reconciled.load(std::sync::atomic::Ordering::SeqCst);
         Readiness {
-            ready: engine.is_some() && runtime_ok,
+            ready: engine.is_some() && runtime_ok && reconciled,
+            reconciled,
             engine,
             engine_error,
             runtime,
@@ -84,5 +110,44 @@ impl Orchestrator {
     /// Fails fast with [`crate::error::Error::EngineUnavailable`] when the engine is down.
     pub async fn require_engine(&self) -> Result<(), crate::error::Error> {
         self.engine.ping().await.map(|_| ()).map_err(Into::into)
+    }
+
+    /// Reconciles backends with the engine; the first success makes the host ready.
+    pub async fn reconcile(
+        &self,
+    ) -> Result<backends::reconcile::ReconcileReport, crate::error::Error> {
+        let report = self.backends.reconcile().await?;
+        self.reconciled
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        Ok(report)
+    }
+
+    /// Starts a backend on the newest runtime, with the venv mounted when one is named.
+    pub async fn create_backend(
+        &self,
+        req: backends::BackendRequest,
+    ) -> Result<backends::BackendView, crate::error::Error> {
+        let spec = req.resolve(self.backends.bounds())?;
+        if let Some(venv) = &spec.venv {
+            let volume = format!("beephost-venv-{venv}");
+            if self.engine.inspect_volume(&volume).await?.is_none() {
+                return Err(crate::error::Error::NotFound {
+                    what: "venv",
+                    name: venv.clone(),
+                });
+            }
+        }
+        let runtime = self
+            .runtimes
+            .list()
+            .await?
+            .into_iter()
+            .next()
+            .ok_or_else(|| {
+                crate::error::Error::Conflict(
+                    "no runtime yet: run `beephost init` (or start the host with --rootfs)".into(),
+                )
+            })?;
+        self.backends.create(spec, &runtime.id).await
     }
 }
