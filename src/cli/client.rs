@@ -80,6 +80,24 @@ impl ApiClient {
         resp.json().await.map_err(|e| self.unreachable(e))
     }
 
+    pub async fn post<B: Serialize, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> Result<T, ClientError> {
+        let resp = self
+            .send(self.request(reqwest::Method::POST, path).json(body))
+            .await?;
+        resp.json().await.map_err(|e| self.unreachable(e))
+    }
+
+    pub async fn delete<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
+        let resp = self
+            .send(self.request(reqwest::Method::DELETE, path))
+            .await?;
+        resp.json().await.map_err(|e| self.unreachable(e))
+    }
+
     /// POSTs `body` and calls `on_line` with each JSON line of the NDJSON reply.
     pub async fn post_ndjson<B: Serialize>(
         &self,

@@ -5,10 +5,12 @@
 //! do. Errors print as one `error: …` line, maybe a `hint: …` line, and exit by class
 //! ([`ExitCode`]).
 
+pub mod backends;
 pub mod client;
 pub mod init;
 pub mod output;
 pub mod status;
+pub mod venv;
 
 use std::path::PathBuf;
 
@@ -181,12 +183,36 @@ pub enum VenvCommand {
     List,
     /// Show one venv: packages with versions, size, state
     Show(NameArg),
-    /// Delete a venv
-    Delete(NameArg),
+    /// Delete a venv (refused while backends use it, unless --force)
+    Delete(VenvDeleteArgs),
     /// Install (or remove) packages in a venv
     Install(VenvInstallArgs),
     /// Create the admin venv (pip, uv, the beephost client)
-    Admin,
+    Admin(VenvSourceArgs),
+    /// List the venv templates
+    Templates,
+}
+
+/// Where a venv's packages come from (the host's settings when not given).
+#[derive(Debug, Clone, Default, Args)]
+pub struct VenvSourceArgs {
+    /// A directory of wheels on the host (inside its wheelhouse or find-links roots)
+    #[arg(long)]
+    pub find_links: Option<PathBuf>,
+    /// Use no package index: only the wheelhouse (the build gets no network)
+    #[arg(long)]
+    pub no_index: bool,
+    /// The package index to use
+    #[arg(long)]
+    pub index_url: Option<String>,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct VenvDeleteArgs {
+    pub name: String,
+    /// Remove the backends that use it first
+    #[arg(long)]
+    pub force: bool,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -205,6 +231,11 @@ pub struct VenvCreateArgs {
     /// A template: minimal, data-science, machine-learning, web
     #[arg(long)]
     pub template: Option<String>,
+    /// The runtime (tag or id) to build with [default: the newest]
+    #[arg(long)]
+    pub runtime: Option<String>,
+    #[command(flatten)]
+    pub sources: VenvSourceArgs,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -214,6 +245,11 @@ pub struct VenvInstallArgs {
     /// Uninstall the packages instead
     #[arg(long)]
     pub remove: bool,
+    /// A requirements file
+    #[arg(short = 'r', long)]
+    pub requirements: Option<PathBuf>,
+    #[command(flatten)]
+    pub sources: VenvSourceArgs,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -230,14 +266,30 @@ pub struct StartArgs {
     /// Venv to mount (read-only); the runtime's own Python when absent
     #[arg(long)]
     pub venv: Option<String>,
+    /// Name of the backend [default: its id]
     #[arg(long)]
     pub name: Option<String>,
+    /// Memory limit (swap equal to it), like 512m or 2g
     #[arg(long)]
     pub memory: Option<String>,
+    /// CPU quota in cores
     #[arg(long)]
     pub cpus: Option<f64>,
+    /// Most processes and threads
     #[arg(long)]
     pub pids: Option<i64>,
+    /// Default per-call timeout in seconds
+    #[arg(long)]
+    pub timeout: Option<f64>,
+    /// Stop after this long without a call, like 30m
+    #[arg(long)]
+    pub idle_ttl: Option<String>,
+    /// Stop after this long in any case, like 8h
+    #[arg(long)]
+    pub ttl: Option<String>,
+    /// `none` (default) or `egress`
+    #[arg(long)]
+    pub network: Option<String>,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -258,6 +310,12 @@ pub struct ExecArgs {
     /// Backend name or id
     #[arg(long)]
     pub backend: Option<String>,
+    /// Session to run in (state persists between calls); a fresh worker when absent
+    #[arg(long)]
+    pub session: Option<String>,
+    /// Seconds before the call is interrupted
+    #[arg(long)]
+    pub timeout: Option<f64>,
     /// A file of Python code
     #[arg(short = 'f', long)]
     pub file: Option<PathBuf>,
@@ -272,16 +330,11 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::Serve(args) => crate::server::serve_main(args, global.token).await,
         Command::Init(args) => init::run(&global, args).await,
         Command::Status(args) => status::run(&global, args).await,
-        Command::Venv(VenvCommand::Create(_)) => not_built("venv create", 4),
-        Command::Venv(VenvCommand::List) => not_built("venv list", 4),
-        Command::Venv(VenvCommand::Show(_)) => not_built("venv show", 4),
-        Command::Venv(VenvCommand::Delete(_)) => not_built("venv delete", 4),
-        Command::Venv(VenvCommand::Install(_)) => not_built("venv install", 4),
-        Command::Venv(VenvCommand::Admin) => not_built("venv admin", 4),
-        Command::Start(_) => not_built("start", 5),
-        Command::Stop(_) => not_built("stop", 5),
-        Command::Logs(_) => not_built("logs", 5),
-        Command::Exec(_) => not_built("exec", 5),
+        Command::Venv(command) => venv::run(&global, command).await,
+        Command::Start(args) => backends::start(&global, args).await,
+        Command::Stop(args) => backends::stop(&global, args).await,
+        Command::Logs(args) => backends::logs(&global, args).await,
+        Command::Exec(args) => backends::exec(&global, args).await,
         Command::Agent(args) => match crate::agent::run(args).await {
             Ok(()) => ExitCode::Ok,
             Err(e) => {
@@ -290,14 +343,4 @@ pub async fn run(cli: Cli) -> ExitCode {
             }
         },
     }
-}
-
-fn not_built(command: &str, issue: u32) -> ExitCode {
-    output::error(
-        &format!("`beephost {command}` is not built yet"),
-        Some(&format!(
-            "it arrives with issue {issue}; see the README for what works today"
-        )),
-    );
-    ExitCode::NotBuilt
 }

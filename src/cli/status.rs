@@ -1,46 +1,135 @@
-//! `beephost status`: runtimes (venvs and backends join as they land).
+//! `beephost status [NAME]`: runtimes, venvs and backends, or one backend.
 
 use serde_json::{json, Value};
 
 use super::client::ApiClient;
 use super::{output, ExitCode, GlobalArgs, Output, StatusArgs};
 
-pub async fn run(global: &GlobalArgs, args: StatusArgs) -> ExitCode {
-    if let Some(name) = args.name {
-        output::error(
-            &format!("status of backend `{name}` is not built yet"),
-            Some("backends arrive with issue 5; `beephost status` lists runtimes today"),
-        );
-        return ExitCode::NotBuilt;
+fn s(r: &Value, k: &str) -> String {
+    match r.get(k) {
+        Some(Value::String(s)) => s.clone(),
+        Some(Value::Null) | None => String::new(),
+        Some(other) => other.to_string(),
     }
+}
+
+pub async fn run(global: &GlobalArgs, args: StatusArgs) -> ExitCode {
     let client = ApiClient::new(global);
+    if let Some(name) = args.name {
+        let ok = !name.is_empty()
+            && name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+        if !ok {
+            output::error(&format!("`{name}` is not a backend name or id"), None);
+            return ExitCode::Usage;
+        }
+        return match client.get::<Value>(&format!("/v1/backends/{name}")).await {
+            Ok(b) if global.output == Output::Json => {
+                println!("{b}");
+                ExitCode::Ok
+            }
+            Ok(b) => {
+                for key in [
+                    "name",
+                    "id",
+                    "state",
+                    "transport",
+                    "endpoint",
+                    "venv",
+                    "created",
+                    "idle_expires_at",
+                    "expires_at",
+                    "container",
+                ] {
+                    println!("{key:<16} {}", s(&b, key));
+                }
+                println!("{:<16} {}", "limits", b["limits"]);
+                ExitCode::Ok
+            }
+            Err(e) => e.report(),
+        };
+    }
     let runtimes: Value = match client.get("/v1/runtimes").await {
         Ok(v) => v,
         Err(e) => return e.report(),
     };
-    let list = runtimes["runtimes"].as_array().cloned().unwrap_or_default();
+    let backends: Value = match client.get("/v1/backends").await {
+        Ok(v) => v,
+        Err(e) => return e.report(),
+    };
+    // Venvs are listed when the host serves them.
+    let venvs: Value = client
+        .get("/v1/venvs")
+        .await
+        .unwrap_or(json!({ "venvs": [] }));
+    let list = |v: &Value, k: &str| v[k].as_array().cloned().unwrap_or_default();
+    let (runtimes, venvs, backends) = (
+        list(&runtimes, "runtimes"),
+        list(&venvs, "venvs"),
+        list(&backends, "backends"),
+    );
     if global.output == Output::Json {
-        println!("{}", json!({ "runtimes": list }));
+        println!(
+            "{}",
+            json!({ "runtimes": runtimes, "venvs": venvs, "backends": backends })
+        );
         return ExitCode::Ok;
     }
-    let s = |r: &Value, k: &str| r.get(k).and_then(Value::as_str).unwrap_or("").to_string();
-    let rows: Vec<Vec<String>> = list
-        .iter()
-        .map(|r| {
-            vec![
-                s(r, "tag"),
-                s(r, "python"),
-                format!("{} {}", s(r, "source"), s(r, "source_ref")),
-                output::size(r.get("size").and_then(Value::as_u64).unwrap_or(0)),
-                s(r, "created"),
-            ]
-        })
-        .collect();
     println!("RUNTIMES");
-    if rows.is_empty() {
+    if runtimes.is_empty() {
         println!("(none: run `beephost init`, or start the host with --rootfs)");
     } else {
+        let rows: Vec<Vec<String>> = runtimes
+            .iter()
+            .map(|r| {
+                vec![
+                    s(r, "tag"),
+                    s(r, "python"),
+                    format!("{} {}", s(r, "source"), s(r, "source_ref")),
+                    output::size(r.get("size").and_then(Value::as_u64).unwrap_or(0)),
+                    s(r, "created"),
+                ]
+            })
+            .collect();
         output::table(&["TAG", "PYTHON", "SOURCE", "SIZE", "CREATED"], &rows);
+    }
+    if !venvs.is_empty() {
+        println!("\nVENVS");
+        let rows: Vec<Vec<String>> = venvs
+            .iter()
+            .map(|v| {
+                vec![
+                    s(v, "name"),
+                    s(v, "state"),
+                    s(v, "python"),
+                    output::size(v.get("size").and_then(Value::as_u64).unwrap_or(0)),
+                ]
+            })
+            .collect();
+        output::table(&["NAME", "STATE", "PYTHON", "SIZE"], &rows);
+    }
+    println!("\nBACKENDS");
+    if backends.is_empty() {
+        println!("(none: start one with `beephost start http`)");
+    } else {
+        let rows: Vec<Vec<String>> = backends
+            .iter()
+            .map(|b| {
+                vec![
+                    s(b, "name"),
+                    s(b, "state"),
+                    s(b, "transport"),
+                    s(b, "endpoint"),
+                    s(b, "venv"),
+                    s(b, "created"),
+                ]
+            })
+            .collect();
+        output::table(
+            &["NAME", "STATE", "TRANSPORT", "ENDPOINT", "VENV", "CREATED"],
+            &rows,
+        );
     }
     ExitCode::Ok
 }
