@@ -99,6 +99,7 @@ impl ServeSettings {
             Some(path) => FileConfig::load(path)?,
             None => FileConfig::default(),
         };
+        let venvs = venv_settings(args, &file)?;
         let listen_text = args
             .listen
             .clone()
@@ -203,7 +204,6 @@ impl ServeSettings {
                 .or(file.run_dir)
                 .unwrap_or_else(crate::endpoints::default_run_dir),
         };
-        let venvs = venv_settings(args, &file)?;
         Ok(ServeSettings {
             venvs,
             host_id,
@@ -231,7 +231,9 @@ fn venv_settings(
     let index_url = args.index_url.clone().or(file.index_url.clone());
     if let Some(url) = &index_url {
         if !(url.starts_with("https://") || url.starts_with("http://")) {
-            return Err(ConfigError(format!("index URL `{url}` is not an http(s) URL")));
+            return Err(ConfigError(format!(
+                "index URL `{url}` is not an http(s) URL"
+            )));
         }
     }
     let ca_bundle = args.ca_bundle.clone().or(file.ca_bundle.clone());

@@ -19,6 +19,10 @@ pub const SOURCE_REF: &str = "io.beephost.source-ref";
 pub const SOURCE_DIGEST: &str = "io.beephost.source-digest";
 /// Digest of the beephost layer's inputs (agent binary, worker, Dockerfile).
 pub const LAYER_DIGEST: &str = "io.beephost.layer-digest";
+/// The venv a volume holds, a venv job builds, or a backend mounts: `io.beephost.venv=<name>`.
+pub const VENV: &str = "io.beephost.venv";
+/// The runtime image (id) a venv was built with, on its volume.
+pub const VENV_RUNTIME: &str = "io.beephost.venv-runtime";
 /// Marks objects made by tests: `io.beephost.test=<unique prefix>`.
 pub const TEST: &str = "io.beephost.test";
 

@@ -657,4 +657,207 @@ impl ContainerRuntime for DockerRuntime {
             Err(e) => Err(map_err("inspect_container", e)),
         }
     }
+
+    async fn create_volume(&self, name: &str, labels: &Labels) -> Result<super::VolumeInfo> {
+        let docker = self.client().await?;
+        let req = bollard::models::VolumeCreateRequest {
+            name: Some(name.to_string()),
+            labels: Some(labels.clone()),
+            ..Default::default()
+        };
+        let v = docker
+            .create_volume(req)
+            .await
+            .map_err(|e| map_err("create_volume", e))?;
+        Ok(volume_info(v))
+    }
+
+    async fn inspect_volume(&self, name: &str) -> Result<Option<super::VolumeInfo>> {
+        let docker = self.client().await?;
+        match docker.inspect_volume(name).await {
+            Ok(v) => Ok(Some(volume_info(v))),
+            Err(BollardError::DockerResponseServerError {
+                status_code: 404, ..
+            }) => Ok(None),
+            Err(e) => Err(map_err("inspect_volume", e)),
+        }
+    }
+
+    async fn list_volumes(&self, labels: &Labels) -> Result<Vec<super::VolumeInfo>> {
+        let docker = self.client().await?;
+        let opts = bollard::query_parameters::ListVolumesOptionsBuilder::new()
+            .filters(&label_filters(labels))
+            .build();
+        let result = docker
+            .list_volumes(Some(opts))
+            .await
+            .map_err(|e| map_err("list_volumes", e));
+        let listed = self.reset_on_unavailable(result).await?;
+        Ok(listed
+            .volumes
+            .unwrap_or_default()
+            .into_iter()
+            .map(volume_info)
+            .collect())
+    }
+
+    async fn remove_volume(&self, name: &str) -> Result<()> {
+        let docker = self.client().await?;
+        let opts = bollard::query_parameters::RemoveVolumeOptionsBuilder::new().build();
+        match docker.remove_volume(name, Some(opts)).await {
+            Ok(()) => Ok(()),
+            Err(BollardError::DockerResponseServerError {
+                status_code: 404, ..
+            }) => Ok(()),
+            Err(e) => Err(map_err("remove_volume", e)),
+        }
+    }
+
+    async fn run_job(&self, job: &super::Job, output: super::LineFn<'_>) -> Result<RunOutput> {
+        let docker = self.client().await?;
+        let mut mounts: Vec<Mount> = job
+            .volumes
+            .iter()
+            .map(|v| Mount {
+                target: Some(v.target.clone()),
+                source: Some(v.volume.clone()),
+                typ: Some(MountType::VOLUME),
+                read_only: Some(v.read_only),
+                ..Default::default()
+            })
+            .collect();
+        mounts.extend(job.read_only_binds.iter().map(|(host, target)| Mount {
+            target: Some(target.clone()),
+            source: Some(host.to_string_lossy().into_owned()),
+            typ: Some(MountType::BIND),
+            read_only: Some(true),
+            ..Default::default()
+        }));
+        let network = if job.network { "bridge" } else { "none" };
+        let body = ContainerCreateBody {
+            image: Some(job.image.clone()),
+            cmd: Some(job.cmd.clone()),
+            entrypoint: Some(vec![]),
+            user: job.user.clone(),
+            env: Some(job.env.iter().map(|(k, v)| format!("{k}={v}")).collect()),
+            labels: Some(job.labels.clone()),
+            network_disabled: Some(!job.network),
+            host_config: Some(HostConfig {
+                network_mode: Some(network.into()),
+                cap_drop: Some(vec!["ALL".into()]),
+                security_opt: Some(vec!["no-new-privileges".into()]),
+                readonly_rootfs: Some(true),
+                tmpfs: Some(std::collections::HashMap::from([(
+                    "/tmp".to_string(),
+                    "rw,nosuid,nodev,size=512m".to_string(),
+                )])),
+                memory: Some(job.memory_bytes),
+                memory_swap: Some(job.memory_bytes),
+                pids_limit: Some(job.pids),
+                init: Some(true),
+                mounts: Some(mounts),
+                log_config: Some(HostConfigLogConfig {
+                    typ: Some("json-file".into()),
+                    config: None,
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let opts = CreateContainerOptionsBuilder::new().name(&job.name).build();
+        docker
+            .create_container(Some(opts), body)
+            .await
+            .map_err(|e| map_err("create_container", e))?;
+        let result = self.follow_job(&docker, job, output).await;
+        let rm = RemoveContainerOptionsBuilder::new()
+            .force(true)
+            .v(true)
+            .build();
+        if let Err(e) = docker.remove_container(&job.name, Some(rm)).await {
+            tracing::warn!(container = %job.name, error = %e, "could not remove a job container");
+        }
+        result
+    }
+}
+
+fn volume_info(v: bollard::models::Volume) -> super::VolumeInfo {
+    super::VolumeInfo {
+        name: v.name,
+        labels: v.labels,
+        created: v.created_at.map(|d| d.to_string()).unwrap_or_default(),
+    }
+}
+
+impl DockerRuntime {
+    /// Starts a created job container, streams its output by line until it exits, and
+    /// returns its exit code and the (capped) output; kills it after the job's timeout.
+    async fn follow_job(
+        &self,
+        docker: &Docker,
+        job: &super::Job,
+        output: super::LineFn<'_>,
+    ) -> Result<RunOutput> {
+        docker
+            .start_container(&job.name, None)
+            .await
+            .map_err(|e| map_err("start_container", e))?;
+        let mut stdout = Vec::new();
+        let mut stderr = Vec::new();
+        let follow = async {
+            let opts = LogsOptionsBuilder::new()
+                .stdout(true)
+                .stderr(true)
+                .follow(true)
+                .build();
+            let mut logs = docker.logs(&job.name, Some(opts));
+            let (mut out_line, mut err_line) = (Vec::new(), Vec::new());
+            while let Some(item) = logs.next().await {
+                let (buf, line, message) = match item.map_err(|e| map_err("logs", e))? {
+                    bollard::container::LogOutput::StdOut { message } => {
+                        (&mut stdout, &mut out_line, message)
+                    }
+                    bollard::container::LogOutput::StdErr { message } => {
+                        (&mut stderr, &mut err_line, message)
+                    }
+                    _ => continue,
+                };
+                push_capped(buf, &message);
+                for b in message.iter() {
+                    if *b == b'\n' {
+                        output(String::from_utf8_lossy(line).trim_end());
+                        line.clear();
+                    } else {
+                        line.push(*b);
+                    }
+                }
+            }
+            for line in [out_line, err_line] {
+                if !line.is_empty() {
+                    output(String::from_utf8_lossy(&line).trim_end());
+                }
+            }
+            let mut wait = docker.wait_container(&job.name, None);
+            match wait.next().await {
+                Some(Ok(r)) => Ok(r.status_code),
+                Some(Err(BollardError::DockerContainerWaitError { code, .. })) => Ok(code),
+                Some(Err(e)) => Err(map_err("wait_container", e)),
+                None => Err(Error::Engine {
+                    op: "wait_container",
+                    message: "wait stream ended without a status".into(),
+                }),
+            }
+        };
+        let exit_code = tokio::time::timeout(Duration::from_secs(job.timeout_secs.max(1)), follow)
+            .await
+            .map_err(|_| Error::Engine {
+                op: "run_job",
+                message: format!("job {} did not finish in {}s", job.name, job.timeout_secs),
+            })??;
+        Ok(RunOutput {
+            exit_code,
+            stdout: String::from_utf8_lossy(&stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&stderr).into_owned(),
+        })
+    }
 }

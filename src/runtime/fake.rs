@@ -19,6 +19,19 @@ use super::{
 #[derive(Default)]
 pub struct FakeRuntime {
     state: Mutex<State>,
+    /// Volumes and jobs (venv builds).
+    volumes: Mutex<VolumeState>,
+}
+
+/// What a scripted job does: prints lines through the callback and returns how it ended.
+pub type JobHandler =
+    std::sync::Arc<dyn Fn(&super::Job, super::LineFn<'_>) -> RunOutput + Send + Sync>;
+
+#[derive(Default)]
+struct VolumeState {
+    volumes: Vec<super::VolumeInfo>,
+    jobs: Vec<super::Job>,
+    handler: Option<JobHandler>,
 }
 
 #[derive(Default)]
@@ -65,6 +78,25 @@ impl FakeRuntime {
 
     pub fn images(&self) -> Vec<ImageInfo> {
         self.state.lock().unwrap().images.clone()
+    }
+
+    /// Scripts what every later job does (by default: exits 0 and prints nothing).
+    pub fn set_job_handler(&self, handler: JobHandler) {
+        self.volumes.lock().unwrap().handler = Some(handler);
+    }
+
+    /// The jobs run so far, in order.
+    pub fn jobs(&self) -> Vec<super::Job> {
+        self.volumes.lock().unwrap().jobs.clone()
+    }
+
+    pub fn volumes(&self) -> Vec<super::VolumeInfo> {
+        self.volumes.lock().unwrap().volumes.clone()
+    }
+
+    /// Adds a container as if something had created it.
+    pub fn add_container_info(&self, info: ContainerInfo) {
+        self.state.lock().unwrap().containers.push(info);
     }
 
     fn enter(&self, call: &str) -> Result<std::sync::MutexGuard<'_, State>> {
@@ -278,6 +310,64 @@ impl ContainerRuntime for FakeRuntime {
                 oom_killed: false,
                 labels: c.labels.clone(),
             }))
+    }
+
+    async fn create_volume(&self, name: &str, labels: &Labels) -> Result<super::VolumeInfo> {
+        drop(self.enter("create_volume")?);
+        let mut v = self.volumes.lock().unwrap();
+        if let Some(existing) = v.volumes.iter().find(|x| x.name == name) {
+            return Ok(existing.clone());
+        }
+        let info = super::VolumeInfo {
+            name: name.to_string(),
+            labels: labels.clone(),
+            created: "2026-01-01T00:00:00Z".into(),
+        };
+        v.volumes.push(info.clone());
+        Ok(info)
+    }
+
+    async fn inspect_volume(&self, name: &str) -> Result<Option<super::VolumeInfo>> {
+        drop(self.enter("inspect_volume")?);
+        let v = self.volumes.lock().unwrap();
+        Ok(v.volumes.iter().find(|x| x.name == name).cloned())
+    }
+
+    async fn list_volumes(&self, labels: &Labels) -> Result<Vec<super::VolumeInfo>> {
+        drop(self.enter("list_volumes")?);
+        let v = self.volumes.lock().unwrap();
+        Ok(v.volumes
+            .iter()
+            .filter(|x| labels.iter().all(|(k, val)| x.labels.get(k) == Some(val)))
+            .cloned()
+            .collect())
+    }
+
+    async fn remove_volume(&self, name: &str) -> Result<()> {
+        drop(self.enter("remove_volume")?);
+        self.volumes
+            .lock()
+            .unwrap()
+            .volumes
+            .retain(|x| x.name != name);
+        Ok(())
+    }
+
+    async fn run_job(&self, job: &super::Job, output: super::LineFn<'_>) -> Result<RunOutput> {
+        drop(self.enter("run_job")?);
+        let handler = {
+            let mut v = self.volumes.lock().unwrap();
+            v.jobs.push(job.clone());
+            v.handler.clone()
+        };
+        Ok(match handler {
+            Some(h) => h(job, output),
+            None => RunOutput {
+                exit_code: 0,
+                stdout: String::new(),
+                stderr: String::new(),
+            },
+        })
     }
 }
 

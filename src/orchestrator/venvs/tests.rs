@@ -1,0 +1,1 @@
+//! Unit tests of the venv service's orchestration, over the recording fake engine.
