@@ -79,7 +79,10 @@ pub async fn sessions_close(
 
 async fn run(state: &AppState, id: &str, op: &str, body: &[u8]) -> Response {
     let (status, body, is_problem) = match ops::parse_body(op, body) {
-        Ok((opts, op)) => ops::reply(state.orchestrator.backends.call(id, opts, op).await),
+        Ok((opts, op)) => {
+            let name = op.name();
+            ops::reply(name, state.orchestrator.backends.call(id, opts, op).await)
+        }
         Err(p) => (p.status, json!(p), true),
     };
     http::respond(status, body, is_problem)

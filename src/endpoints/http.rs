@@ -92,7 +92,7 @@ async fn require_token(State(target): State<EndpointTarget>, req: Request, next:
 }
 
 async fn health(State(target): State<EndpointTarget>) -> Response {
-    let (status, body, _) = ops::reply(target.call(CallOpts::default(), Op::Ping).await);
+    let (status, body, _) = ops::reply("ping", target.call(CallOpts::default(), Op::Ping).await);
     if status == 200 {
         Json(json!({ "status": "ok", "agent": body })).into_response()
     } else {
@@ -134,7 +134,10 @@ pub async fn run(target: &EndpointTarget, op: &str, body: Bytes) -> Response {
 /// The transport-neutral core: body bytes in, status and JSON out.
 pub async fn call(target: &EndpointTarget, op: &str, body: &[u8]) -> (u16, Value, bool) {
     match ops::parse_body(op, body) {
-        Ok((opts, op)) => ops::reply(target.call(opts, op).await),
+        Ok((opts, op)) => {
+            let name = op.name();
+            ops::reply(name, target.call(opts, op).await)
+        }
         Err(p) => (p.status, json!(p), true),
     }
 }

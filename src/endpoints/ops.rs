@@ -112,11 +112,45 @@ fn kind(v: &Value) -> &'static str {
     }
 }
 
+/// Adds the original system's reply field names beside ours, so its clients keep working:
+/// `success` for setattr and dispose, `data` for the float arrays, and `isHandle`, `handleId`,
+/// `typeName` for objects.
+fn seed_fields(op: &str, v: &mut Value) {
+    let Value::Object(m) = v else { return };
+    match op {
+        "setattr" => {
+            let ok = m.get("ok").cloned().unwrap_or(Value::Bool(false));
+            m.insert("success".into(), ok);
+        }
+        "dispose" => {
+            let ok = m.get("disposed").cloned().unwrap_or(Value::Bool(false));
+            m.insert("success".into(), ok);
+        }
+        "to_float_array" | "to_float_array_2d" => {
+            if let Some(values) = m.get("values").cloned() {
+                m.insert("data".into(), values);
+            }
+        }
+        _ => {
+            if let Some(handle) = m.get("handle").cloned() {
+                m.insert("isHandle".into(), Value::Bool(true));
+                m.insert("handleId".into(), handle);
+                if let Some(t) = m.get("type").cloned() {
+                    m.insert("typeName".into(), t);
+                }
+            }
+        }
+    }
+}
+
 /// What a client gets back: a status and a JSON body (a reply, a Python-side failure in an
 /// `error` field, or a problem).
-pub fn reply(result: Result<Value, CallError>) -> (u16, Value, bool) {
+pub fn reply(op: &str, result: Result<Value, CallError>) -> (u16, Value, bool) {
     match result {
-        Ok(v) => (200, v, false),
+        Ok(mut v) => {
+            seed_fields(op, &mut v);
+            (200, v, false)
+        }
         Err(CallError::NotFound(name)) => problem(404, format!("backend `{name}` not found")),
         Err(CallError::Gone) => problem(503, "the backend is gone".to_string()),
         Err(CallError::Client(e)) => client_error(e),
@@ -210,16 +244,22 @@ mod tests {
 
     #[test]
     fn python_errors_are_answers_and_agent_errors_problems() {
-        let (status, body, is_problem) = reply(Err(CallError::Client(ClientError::Python {
-            kind: "ZeroDivisionError".into(),
-            message: "division by zero".into(),
-            traceback: "tb".into(),
-        })));
+        let (status, body, is_problem) = reply(
+            "exec",
+            Err(CallError::Client(ClientError::Python {
+                kind: "ZeroDivisionError".into(),
+                message: "division by zero".into(),
+                traceback: "tb".into(),
+            })),
+        );
         assert_eq!((status, is_problem), (200, false));
         assert_eq!(body["error"]["type"], "ZeroDivisionError");
-        let (status, _, is_problem) = reply(Err(CallError::Client(ClientError::NoSuchSession {
-            message: "no session `x`".into(),
-        })));
+        let (status, _, is_problem) = reply(
+            "exec",
+            Err(CallError::Client(ClientError::NoSuchSession {
+                message: "no session `x`".into(),
+            })),
+        );
         assert_eq!((status, is_problem), (404, true));
     }
 }

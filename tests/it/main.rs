@@ -6,5 +6,12 @@
 mod support;
 
 mod agent;
+mod agent_examples;
+mod agent_failures;
+mod agent_files;
+mod agent_frames;
+mod backends;
 mod cli;
+mod observability;
 mod runtimes;
+mod venvs;

@@ -3,6 +3,10 @@
 
 #![allow(dead_code)]
 
+pub mod otlp;
+
+pub mod runtime;
+
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
@@ -212,6 +216,12 @@ impl Host {
         }
     }
 
+    /// Kills the host with SIGKILL, as a crash would, and waits for it to be gone.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
     /// The host's log so far.
     pub fn log(&self) -> String {
         self.log.lock().unwrap().join("\n")
@@ -273,6 +283,16 @@ pub fn cli(global: &[&str], args: &[&str]) -> CliOutput {
 
 /// A minimal blocking HTTP/1.1 client, enough for probes and JSON calls in tests.
 pub fn http(method: &str, url: &str, body: Option<&str>) -> (u16, String) {
+    http_with(method, url, body, &[])
+}
+
+/// [`http`] with extra headers (`("Authorization", "Bearer …")`).
+pub fn http_with(
+    method: &str,
+    url: &str,
+    body: Option<&str>,
+    headers: &[(&str, &str)],
+) -> (u16, String) {
     use std::io::{Read, Write};
     let rest = url.strip_prefix("http://").expect("http url");
     let (addr, path) = rest
@@ -287,8 +307,12 @@ pub fn http(method: &str, url: &str, body: Option<&str>) -> (u16, String) {
         .set_read_timeout(Some(Duration::from_secs(30)))
         .unwrap();
     let body = body.unwrap_or("");
+    let extra: String = headers
+        .iter()
+        .map(|(k, v)| format!("{k}: {v}\r\n"))
+        .collect();
     let req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Type: application/json\r\n{extra}Content-Length: {}\r\n\r\n{body}",
         body.len()
     );
     stream.write_all(req.as_bytes()).unwrap();
