@@ -214,6 +214,7 @@ impl Runtimes {
     }
 
     /// Runtime images this host can see (its extra labels included), newest first.
+    #[tracing::instrument(name = "runtimes.list", skip_all, fields(operation = "runtimes.list"))]
     pub async fn list(&self) -> Result<Vec<Runtime>, Error> {
         let filter = labels::base("runtime", &self.extra_labels);
         let mut filter = filter;
@@ -225,6 +226,11 @@ impl Runtimes {
 
     /// Makes sure some runtime exists, building one from `source` when none does. Tracks the
     /// outcome in [`Runtimes::state`] for readiness; progress goes to the log.
+    #[tracing::instrument(
+        name = "runtimes.ensure_default",
+        skip_all,
+        fields(operation = "runtimes.ensure_default")
+    )]
     pub async fn ensure_default(&self, source: RuntimeSource) -> Result<Runtime, Error> {
         self.set_state(RuntimeState::Preparing {
             message: format!("looking for a runtime ({})", source.describe()),
@@ -261,6 +267,7 @@ impl Runtimes {
     }
 
     /// Builds (or finds) the runtime for `req`, reporting progress as it goes.
+    #[tracing::instrument(name = "runtimes.init", skip_all, fields(operation = "runtimes.init", force = req.force))]
     pub async fn init(
         &self,
         req: InitRequest,

@@ -65,7 +65,7 @@ impl DockerRuntime {
         let negotiated = tokio::time::timeout(CONNECT_TIMEOUT, docker.negotiate_version())
             .await
             .map_err(|_| Error::Unavailable("the docker engine did not answer within 5s".into()))?
-            .map_err(|e| unavailable_or("negotiate_version", e))?;
+            .map_err(|e| map_err("negotiate_version", e))?;
         *guard = Some(negotiated.clone());
         Ok(negotiated)
     }
@@ -161,8 +161,10 @@ fn push_capped(buf: &mut Vec<u8>, bytes: &[u8]) {
     buf.extend_from_slice(&bytes[..bytes.len().min(room)]);
 }
 
-/// Classifies a bollard error: transport failures mean the engine is unavailable.
+/// Classifies a bollard error: transport failures mean the engine is unavailable. Every failed
+/// call passes here, so it is also where Docker API errors are counted (by operation).
 fn map_err(op: &'static str, e: BollardError) -> Error {
+    crate::metrics::docker_error(op);
     unavailable_or(op, e)
 }
 
@@ -225,6 +227,7 @@ fn progress_of(
 
 #[async_trait]
 impl ContainerRuntime for DockerRuntime {
+    #[tracing::instrument(name = "docker.ping", skip_all, fields(otel.kind = "client", docker.operation = "ping"))]
     async fn ping(&self) -> Result<EngineInfo> {
         let result = async {
             let docker = self.client().await?;
@@ -243,6 +246,7 @@ impl ContainerRuntime for DockerRuntime {
         self.reset_on_unavailable(result).await
     }
 
+    #[tracing::instrument(name = "docker.list_images", skip_all, fields(otel.kind = "client", docker.operation = "list_images"))]
     async fn list_images(&self, labels: &Labels) -> Result<Vec<ImageInfo>> {
         let docker = self.client().await?;
         let opts = ListImagesOptionsBuilder::new()
@@ -269,12 +273,14 @@ impl ContainerRuntime for DockerRuntime {
             .collect())
     }
 
+    #[tracing::instrument(name = "docker.inspect_image", skip_all, fields(otel.kind = "client", docker.operation = "inspect_image"))]
     async fn inspect_image(&self, reference: &str) -> Result<Option<ImageInfo>> {
         let docker = self.client().await?;
         let result = self.image_info(&docker, reference).await;
         self.reset_on_unavailable(result).await
     }
 
+    #[tracing::instrument(name = "docker.pull_image", skip_all, fields(otel.kind = "client", docker.operation = "pull_image"))]
     async fn pull_image(&self, reference: &str, progress: ProgressFn<'_>) -> Result<ImageInfo> {
         let docker = self.client().await?;
         let opts = CreateImageOptionsBuilder::new()
@@ -296,6 +302,7 @@ impl ContainerRuntime for DockerRuntime {
         self.must_inspect(&docker, reference).await
     }
 
+    #[tracing::instrument(name = "docker.import_rootfs", skip_all, fields(otel.kind = "client", docker.operation = "import_rootfs"))]
     async fn import_rootfs(
         &self,
         path: &Path,
@@ -369,6 +376,7 @@ impl ContainerRuntime for DockerRuntime {
         self.must_inspect(&docker, &reference).await
     }
 
+    #[tracing::instrument(name = "docker.build_image", skip_all, fields(otel.kind = "client", docker.operation = "build_image"))]
     async fn build_image(
         &self,
         context: Bytes,
@@ -413,6 +421,7 @@ impl ContainerRuntime for DockerRuntime {
         self.must_inspect(&docker, &reference).await
     }
 
+    #[tracing::instrument(name = "docker.run_once", skip_all, fields(otel.kind = "client", docker.operation = "run_once"))]
     async fn run_once(&self, spec: &RunOnce) -> Result<RunOutput> {
         let docker = self.client().await?;
         let body = ContainerCreateBody {
@@ -453,6 +462,7 @@ impl ContainerRuntime for DockerRuntime {
         result
     }
 
+    #[tracing::instrument(name = "docker.remove_image", skip_all, fields(otel.kind = "client", docker.operation = "remove_image"))]
     async fn remove_image(&self, id: &str) -> Result<()> {
         let docker = self.client().await?;
         let opts = RemoveImageOptionsBuilder::new().force(true).build();
@@ -465,6 +475,7 @@ impl ContainerRuntime for DockerRuntime {
         }
     }
 
+    #[tracing::instrument(name = "docker.list_containers", skip_all, fields(otel.kind = "client", docker.operation = "list_containers"))]
     async fn list_containers(&self, labels: &Labels) -> Result<Vec<ContainerInfo>> {
         let docker = self.client().await?;
         let opts = ListContainersOptionsBuilder::new()
@@ -492,6 +503,7 @@ impl ContainerRuntime for DockerRuntime {
             .collect())
     }
 
+    #[tracing::instrument(name = "docker.remove_container", skip_all, fields(otel.kind = "client", docker.operation = "remove_container"))]
     async fn remove_container(&self, id: &str) -> Result<()> {
         let docker = self.client().await?;
         let opts = RemoveContainerOptionsBuilder::new()
