@@ -1,13 +1,14 @@
 //! Backend endpoints: the client-facing side of each backend, served by the host.
 //!
 //! `http` gives a TCP port on the configured bind address, `pipe` a Unix socket under the
-//! host's run directory; both speak the operations through [`ops`], and both require the
-//! backend's own token. The orchestrator opens them through the [`Endpoints`] trait and never
+//! host's run directory, `rpc` a gRPC port; all speak the operations through [`ops`], and all
+//! require the backend's own token. The orchestrator opens them through the [`Endpoints`] trait and never
 //! sees a socket.
 
 pub mod http;
 pub mod ops;
 pub mod pipe;
+pub mod rpc;
 
 use std::net::IpAddr;
 use std::path::PathBuf;
@@ -96,7 +97,18 @@ impl Endpoints for HostEndpoints {
                     }),
                 })
             }
-            Transport::Rpc => Err(Error::NotImplemented("the rpc transport")),
+            Transport::Rpc => {
+                let listener = http::bind(&self.settings, previous).await?;
+                let address = format!("grpc://{}", listener.local_addr().map_err(io_err)?);
+                tokio::spawn(rpc::serve(listener, target, cancel.clone()));
+                Ok(OpenEndpoint {
+                    address,
+                    guard: Box::new(ServerGuard {
+                        cancel,
+                        socket: None,
+                    }),
+                })
+            }
         }
     }
 }

@@ -382,7 +382,6 @@ fn bad_backend_requests_name_the_offender() {
             400,
             "name",
         ),
-        (json!({"transport": "rpc"}), 501, "rpc"),
     ];
     for (body, status, needle) in cases {
         let (s, r) = v1(&host, "POST", "/v1/backends", body.clone());
@@ -610,4 +609,204 @@ fn a_host_killed_with_sigkill_readopts_its_backends_at_the_same_endpoints() {
         2,
         "no container leaked or lost"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rpc_backend_answers_a_tonic_client() {
+    use beephost::endpoints::rpc::{from_json, pb, to_json};
+    let (_label, host) = tokio::task::block_in_place(|| host("bk-rpc", &[]));
+    let b = tokio::task::block_in_place(|| start(&host, &["rpc", "--name", "grpc"]));
+    let endpoint = b["endpoint"]
+        .as_str()
+        .unwrap()
+        .replace("grpc://", "http://");
+    let token: tonic::metadata::MetadataValue<_> =
+        format!("Bearer {}", b["token"].as_str().unwrap())
+            .parse()
+            .unwrap();
+    let channel = tonic::transport::Endpoint::from_shared(endpoint)
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut client = pb::backend_client::BackendClient::with_interceptor(
+        channel.clone(),
+        move |mut req: tonic::Request<()>| {
+            req.metadata_mut().insert("authorization", token.clone());
+            Ok(req)
+        },
+    );
+    let ctx = |s: &str| {
+        Some(pb::CallContext {
+            session: s.into(),
+            timeout: 0.0,
+        })
+    };
+
+    assert_eq!(
+        client
+            .health(pb::HealthRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+            .status,
+        "ok"
+    );
+    let r = client
+        .execute(pb::ExecuteRequest {
+            context: ctx("g"),
+            code: "n = 7\nprint('out')\nn * 6".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.stdout, "out\n");
+    assert_eq!(
+        to_json(r.result.unwrap().value.as_ref().unwrap()),
+        json!(42)
+    );
+    let r = client
+        .execute(pb::ExecuteRequest {
+            context: ctx("g"),
+            code: "{}[1]".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.error.unwrap().r#type, "KeyError");
+
+    let m = client
+        .import(pb::ModuleRequest {
+            context: ctx("g"),
+            module: "collections".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let module = m.object.unwrap();
+    assert_eq!(module.r#type, "module");
+    let c = client
+        .create(pb::CreateRequest {
+            context: ctx("g"),
+            module_handle: module.handle.clone(),
+            class: "OrderedDict".into(),
+            kwargs: Some(prost_types::Struct {
+                fields: [("a".to_string(), from_json(&json!(1)))].into(),
+            }),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let od = c.object.unwrap().handle;
+    let r = client
+        .call(pb::CallRequest {
+            context: ctx("g"),
+            handle: od.clone(),
+            method: "get".into(),
+            args: vec![from_json(&json!("a"))],
+            kwargs: None,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(to_json(r.object.unwrap().value.as_ref().unwrap()), json!(1));
+    let r = client
+        .set_attr(pb::SetAttrRequest {
+            context: ctx("g"),
+            handle: module.handle.clone(),
+            name: "marker".into(),
+            value: Some(from_json(&json!([1, "two"]))),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(r.success);
+    let r = client
+        .get_attr(pb::GetAttrRequest {
+            context: ctx("g"),
+            handle: module.handle.clone(),
+            name: "marker".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        to_json(r.object.unwrap().value.as_ref().unwrap()),
+        json!([1, "two"])
+    );
+    let r = client
+        .eval(pb::EvalRequest {
+            context: ctx("g"),
+            expression: "n + k".into(),
+            locals: Some(prost_types::Struct {
+                fields: [("k".to_string(), from_json(&json!(1)))].into(),
+            }),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(to_json(r.object.unwrap().value.as_ref().unwrap()), json!(8));
+    let w = client
+        .wrap(pb::WrapRequest {
+            context: ctx("g"),
+            value: Some(from_json(&json!([3.0, 4.5]))),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!w.object.unwrap().handle.is_empty());
+    let avail = client
+        .module_available(pb::ModuleRequest {
+            context: None,
+            module: "json".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(avail.available);
+    let d = client
+        .dispose(pb::HandleRequest {
+            context: ctx("g"),
+            handle: od.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(d.success);
+    let gone = client
+        .call(pb::CallRequest {
+            context: ctx("g"),
+            handle: od,
+            method: "keys".into(),
+            args: vec![],
+            kwargs: None,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(gone.code(), tonic::Code::NotFound, "{gone:?}");
+    let sessions = client
+        .list_sessions(pb::HealthRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        to_json(sessions.sessions.as_ref().unwrap())
+            .to_string()
+            .contains("\"g\""),
+        "{sessions:?}"
+    );
+    let closed = client
+        .close_session(pb::SessionRequest {
+            session: "g".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(closed.ok);
+
+    // Without the token: refused.
+    let mut anonymous = pb::backend_client::BackendClient::new(channel);
+    let refused = anonymous.health(pb::HealthRequest {}).await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::Unauthenticated);
 }
