@@ -636,6 +636,7 @@ impl Venvs {
             "requirements": req.requirements,
             "with_pip": plan.with_pip,
             "source_args": plan.sources.args,
+            "wheel_cache": format!("{CACHE_MOUNT}/wheels"),
         });
         let job = self.build_job(&name, &runtime, &volume_name, &cache, &plan.sources, &spec);
         let outcome = self.run_build(&job, progress).await;
@@ -729,6 +730,7 @@ impl Venvs {
             "requirements": req.requirements,
             "remove": req.remove,
             "source_args": sources.args,
+            "wheel_cache": format!("{CACHE_MOUNT}/wheels"),
         });
         let job = self.build_job(name, &runtime, &volume.name, &cache, &sources, &spec);
         let outcome = match self.run_build(&job, progress).await {

@@ -128,7 +128,47 @@ def freeze_and_record(spec, kind, previous, requested):
     return record
 
 
-def install_argv(kind, base, venv, spec):
+def offline_args(args):
+    """The source arguments without the index: what installs from the wheel cache."""
+    out, skip = [], False
+    for a in args:
+        if skip:
+            skip = False
+        elif a == "--index-url":
+            skip = True
+        elif a != "--no-index":
+            out.append(a)
+    return out + ["--no-index"]
+
+
+def fill_wheel_cache(kind, spec):
+    """With pip and an index: fetch what the request resolves to into the shared wheel cache
+    (files already there are not downloaded again, whatever the index's cache headers say),
+    so the install itself runs from the cache. uv keeps its own cache."""
+    cache = spec.get("wheel_cache")
+    args = spec.get("source_args", [])
+    if kind != "pip" or not cache or "--no-index" in args or spec.get("remove"):
+        return False
+    os.makedirs(cache, exist_ok=True)
+    argv = [sys.executable, "-m", "pip", "download", "--disable-pip-version-check",
+            "--progress-bar", "off", "--dest", cache, "--find-links", cache] + args
+    argv += spec.get("packages", [])
+    if spec.get("requirements"):
+        argv += ["-r", write_requirements(spec)]
+    emit(event="phase", phase="install", message="fetching into the package cache")
+    if run(argv) != 0:
+        fail(spec, "fetching the packages failed")
+    return True
+
+
+def write_requirements(spec):
+    path = "/tmp/requirements.txt"
+    with open(path, "w") as f:
+        f.write(spec["requirements"])
+    return path
+
+
+def install_argv(kind, base, venv, spec, cached=False):
     python = os.path.join(venv, "bin", "python")
     if kind == "venv-pip":
         base = [python, "-m", "pip"]
@@ -148,13 +188,13 @@ def install_argv(kind, base, venv, spec):
             "--progress-bar",
             "off",
         ]
-    argv += spec.get("source_args", [])
+    if cached:
+        argv += ["--find-links", spec["wheel_cache"]] + offline_args(spec.get("source_args", []))
+    else:
+        argv += spec.get("source_args", [])
     argv += spec.get("packages", [])
     if spec.get("requirements"):
-        path = "/tmp/requirements.txt"
-        with open(path, "w") as f:
-            f.write(spec["requirements"])
-        argv += ["-r", path]
+        argv += ["-r", write_requirements(spec)]
     return argv
 
 
@@ -173,8 +213,9 @@ def create(spec):
     if run(argv) != 0:
         fail(spec, "creating the venv failed")
     if spec.get("packages") or spec.get("requirements"):
+        cached = fill_wheel_cache(kind, spec)
         emit(event="phase", phase="install", message="installing " + " ".join(spec.get("packages", [])))
-        if run(install_argv(kind, base, venv, spec)) != 0:
+        if run(install_argv(kind, base, venv, spec, cached)) != 0:
             fail(spec, "installing the packages failed")
     emit(event="phase", phase="freeze", message="recording the installed packages")
     if freeze_and_record(spec, kind, None, spec["requested"]) is None:
@@ -191,8 +232,9 @@ def change(spec):
         pass
     kind, base = installer()
     what = "removing " + " ".join(spec["remove"]) if spec.get("remove") else "installing " + " ".join(spec.get("packages", []))
+    cached = fill_wheel_cache(kind, spec)
     emit(event="phase", phase="install", message=what)
-    code = run(install_argv(kind, base, venv, spec))
+    code = run(install_argv(kind, base, venv, spec, cached))
     # Whatever pip did, the record describes what is there now.
     emit(event="phase", phase="freeze", message="recording the installed packages")
     # A failed change keeps what was asked for before.

@@ -204,10 +204,11 @@ fn classify(spec: &str, allow_urls: bool) -> Result<(), Refusal> {
         || s.starts_with('/')
         || s.starts_with('~')
         || s.contains('\\')
-        || (s.contains('/') && !s.contains('@'))
-        || s.ends_with(".whl")
-        || s.ends_with(".tar.gz")
-        || s.ends_with(".zip")
+        || (!s.contains('@')
+            && (s.contains('/')
+                || s.ends_with(".whl")
+                || s.ends_with(".tar.gz")
+                || s.ends_with(".zip")))
     {
         return Err(Refusal::NotAllowed(
             "is a local path; install from a wheelhouse (find_links) by name instead".into(),
