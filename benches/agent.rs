@@ -166,7 +166,7 @@ async fn main() {
     let report = format!(
         "{START}\n## Agent (issue 3)\n\n\
          Run with `scripts/bench-agent.sh` (release build). `exec x = 1 + 1` through the agent's \
-         stdin/stdout by `AgentClient`, one tokio runtime with 2 worker threads; Python {python_version}.\n\n\
+         stdin/stdout by `AgentClient`, one tokio runtime with 2 worker threads; Python {python_version} (`--python {python}`).\n\n\
          Machine: {machine}.\n\n\
          | measure | result | target |\n| --- | --- | --- |\n\
          | round trip, warm session, {calls} calls: p50 | {p50} | ≤ 150 µs |\n\
@@ -178,6 +178,7 @@ async fn main() {
          | one idle worker RSS | {worker_idle:.1} MiB | ≤ 15 MiB |\n\
          {END}\n",
         machine = machine(),
+        python = o.python,
         calls = o.calls,
         p50 = us(p50),
         p90 = us(p90),

@@ -1,10 +1,11 @@
 """beephost worker: one Python session, driven by the agent over two dedicated pipes.
 
 Standard library only, Python 3.8+. The agent starts it as
-``python -c <this source> REQUEST_FD REPLY_FD MARKER_TOKEN`` with the user's stdout and stderr
-on fds 1 and 2 (pipes the agent reads). Frames are MAGIC + 4-byte big-endian length + UTF-8
-JSON, mirroring src/protocol/. Every request gets exactly one reply; before the reply, a marker
-line is written to both output pipes so the agent knows where this call's output ends.
+``python -c <this source> REQUEST_FD REPLY_FD`` with the user's stdout and stderr on fds 1
+and 2 (pipes the agent reads). Frames are MAGIC + 4-byte big-endian length + UTF-8 JSON,
+mirroring src/protocol/. Every request gets exactly one reply, written after the user's
+output is flushed: whatever the agent finds in the output pipes once the reply arrives belongs
+to that call.
 
 The session keeps one namespace (a fresh ``__main__`` module) and a handle table for objects
 that JSON cannot carry.
@@ -383,15 +384,15 @@ def write_all(fd, data):
 
 
 def flush_user_streams():
-    seen = set()
-    for stream in (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__):
-        if stream is None or id(stream) in seen:
-            continue
-        seen.add(id(stream))
-        try:
-            stream.flush()
-        except BaseException:
-            pass
+    streams = (sys.stdout, sys.stderr)
+    if sys.__stdout__ is not streams[0] or sys.__stderr__ is not streams[1]:
+        streams += (sys.__stdout__, sys.__stderr__)
+    for stream in streams:
+        if stream is not None:
+            try:
+                stream.flush()
+            except BaseException:
+                pass
 
 
 def read_exact(reader, n):
@@ -401,14 +402,10 @@ def read_exact(reader, n):
     return data
 
 
-def serve(request_fd, reply_fd, token):
+def serve(request_fd, reply_fd):
     # The protocol pipes must not leak into subprocesses the user starts.
     os.set_inheritable(request_fd, False)
     os.set_inheritable(reply_fd, False)
-    # Markers go through private duplicates, so they arrive even if user code replaces fd 1/2.
-    out_fd = os.dup(1)
-    err_fd = os.dup(2)
-    marker_head = b"\x00BH-" + token.encode("ascii") + b"-"
     reader = os.fdopen(request_fd, "rb", buffering=1 << 16)
     session = Session()
     sys.modules["__main__"] = session.main
@@ -450,23 +447,14 @@ def serve(request_fd, reply_fd, token):
         rid = request.get("id") if type(request) is dict else None
         reply["id"] = rid
         flush_user_streams()
-        marker = marker_head + str(rid).encode("ascii") + b"\x00"
-        try:
-            write_all(out_fd, marker)
-            write_all(err_fd, marker)
-        except OSError:
-            # User code closed our private output fds; the agent could never tell where this
-            # call's output ends, so the worker gives up rather than lie.
-            return 70
         write_all(reply_fd, encode(reply))
 
 
 def main(argv):
-    request_fd, reply_fd, token = int(argv[1]), int(argv[2]), argv[3]
-    code = serve(request_fd, reply_fd, token)
+    code = serve(int(argv[1]), int(argv[2]))
     flush_user_streams()
     os._exit(code)
 
 
-if __name__ == "__main__" and len(sys.argv) == 4:
+if __name__ == "__main__" and len(sys.argv) == 3:
     main(sys.argv)

@@ -113,12 +113,12 @@ pub enum AgentError {
         python: String,
         source: std::io::Error,
     },
-    #[error("cannot use stdin/stdout: {0}")]
+    #[error("cannot set up stdin/stdout or the runtime: {0}")]
     Stdio(std::io::Error),
 }
 
 fn secs(name: &'static str, v: f64, zero_is_none: bool) -> Result<Option<Duration>, AgentError> {
-    if !v.is_finite() || v < 0.0 || v > 1e9 {
+    if !v.is_finite() || !(0.0..=1e9).contains(&v) {
         return Err(AgentError::Config {
             name,
             message: format!("`{v}` is not a number of seconds between 0 and 1e9"),
@@ -168,10 +168,31 @@ impl AgentArgs {
 }
 
 /// Runs the agent on this process's stdin and stdout until stdin closes.
+///
+/// The agent gets a thread with a single-threaded runtime of its own, whatever runtime the
+/// caller has: its tasks hand every frame to each other, and on one thread that is a queue
+/// push rather than a cross-thread wakeup (it is most of the round-trip latency).
 pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
     let cfg = args.into_config()?;
-    let (input, output) = stdio().map_err(AgentError::Stdio)?;
-    serve(cfg, input, output).await?;
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("beephost-agent".into())
+        .spawn(move || {
+            let result = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(AgentError::Stdio)
+                .and_then(|rt| {
+                    rt.block_on(async {
+                        let (input, output) = stdio().map_err(AgentError::Stdio)?;
+                        serve(cfg, input, output).await
+                    })
+                });
+            let _ = done_tx.send(result);
+        })?;
+    done_rx
+        .await
+        .map_err(|_| anyhow::anyhow!("the agent thread panicked"))??;
     Ok(())
 }
 
@@ -181,10 +202,10 @@ type BoxWrite = Box<dyn AsyncWrite + Unpin + Send>;
 /// stdin/stdout as non-blocking pipes when they are pipes (as under `docker attach` without a
 /// TTY), which avoids a thread hop per read; tokio's blocking stdio otherwise.
 fn stdio() -> std::io::Result<(BoxRead, BoxWrite)> {
-    use std::os::fd::{AsFd, OwnedFd};
+    use std::os::fd::AsFd;
     use tokio::net::unix::pipe;
     let input: BoxRead = match std::io::stdin().as_fd().try_clone_to_owned() {
-        Ok(fd) => match pipe::Receiver::from_owned_fd(OwnedFd::from(fd)) {
+        Ok(fd) => match pipe::Receiver::from_owned_fd(fd) {
             Ok(r) => Box::new(r),
             Err(_) => Box::new(tokio::io::stdin()),
         },

@@ -5,6 +5,7 @@
 //! timeout (SIGINT, then SIGKILL of the process group after the grace period) and answers
 //! interrupts. It writes its replies straight to the agent's output channel.
 
+use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -16,7 +17,7 @@ use tokio::net::unix::pipe;
 use tokio::sync::mpsc;
 use tokio::time::sleep_until;
 
-use super::capture::{marker, Capture};
+use super::capture::Capture;
 use super::worker::{describe_exit, WorkerProcess};
 use super::{AgentConfig, Outbox};
 use crate::protocol::{
@@ -461,7 +462,7 @@ impl Session {
         alive
     }
 
-    /// Sends one request to the worker and waits for its reply and both end-of-call markers.
+    /// Sends one request to the worker, waits for its reply and collects the call's output.
     /// Returns how it ended and whether the timeout fired.
     async fn call(
         &mut self,
@@ -488,8 +489,6 @@ impl Session {
                 )
             }
         };
-        io.out.expect(marker(&self.worker.token, seq));
-        io.err.expect(marker(&self.worker.token, seq));
         let timeout = request.timeout_duration().or(self.cfg.default_timeout);
         let mut deadline = timeout.map(|t| tokio::time::Instant::now() + t);
         let mut timed_out = false;
@@ -533,22 +532,30 @@ impl Session {
             }
         };
         if let Waited::Reply(_) = waited {
-            // The markers were written before the reply, so they are already in the pipes.
-            while !(io.out.is_done() || self.worker.stdout.is_none())
-                || !(io.err.is_done() || self.worker.stderr.is_none())
-            {
-                tokio::select! {
-                    n = read_opt(&mut self.worker.stdout, &mut io.out_buf), if !io.out.is_done() => {
-                        match n { Ok(n) if n > 0 => io.out.feed(&io.out_buf[..n]), _ => self.worker.stdout = None }
-                    }
-                    n = read_opt(&mut self.worker.stderr, &mut io.err_buf), if !io.err.is_done() => {
-                        match n { Ok(n) if n > 0 => io.err.feed(&io.err_buf[..n]), _ => self.worker.stderr = None }
-                    }
-                }
-            }
+            // The worker flushed user output before replying: what is in the pipes now is
+            // this call's.
+            read_dry(&mut self.worker.stdout, &mut io.out, &mut io.out_buf);
+            read_dry(&mut self.worker.stderr, &mut io.err, &mut io.err_buf);
         }
-        let _ = self.worker.requests.flush().await;
         (waited, timed_out)
+    }
+}
+
+/// Reads a pipe until it is empty, without waiting: a plain non-blocking read(2), because
+/// tokio's readiness flag may not have caught up with data that is already there.
+fn read_dry(pipe: &mut Option<pipe::Receiver>, capture: &mut Capture, buf: &mut [u8]) {
+    while let Some(p) = pipe {
+        // SAFETY: reads into a buffer we own, from a descriptor the receiver keeps open.
+        let n = unsafe { libc::read(p.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+        match n {
+            n if n > 0 => capture.feed(&buf[..n as usize]),
+            0 => *pipe = None,
+            _ => match std::io::Error::last_os_error().kind() {
+                std::io::ErrorKind::Interrupted => {}
+                std::io::ErrorKind::WouldBlock => return,
+                _ => *pipe = None,
+            },
+        }
     }
 }
 

@@ -1,6 +1,6 @@
 //! Starting and signalling one Python worker process.
 //!
-//! A worker is `python -c <embedded source> 3 4 TOKEN` in its own process group, with the
+//! A worker is `python -c <embedded source> 3 4` in its own process group, with the
 //! request pipe on fd 3, the reply pipe on fd 4, stdin from /dev/null and stdout/stderr on
 //! pipes the agent reads. Every pipe end the agent keeps is close-on-exec, so no other child
 //! inherits it and end-of-file means what it says. Nothing is written to disk, so the agent
@@ -32,8 +32,6 @@ pub struct WorkerProcess {
     pub replies: FramedRead<pipe::Receiver, FrameCodec>,
     pub stdout: Option<pipe::Receiver>,
     pub stderr: Option<pipe::Receiver>,
-    /// Secret part of the end-of-call markers.
-    pub token: String,
 }
 
 fn cloexec_pipe() -> std::io::Result<(OwnedFd, OwnedFd)> {
@@ -58,14 +56,12 @@ impl WorkerProcess {
         let (rep_read, rep_write) = cloexec_pipe().map_err(io)?;
         let (out_read, out_write) = cloexec_pipe().map_err(io)?;
         let (err_read, err_write) = cloexec_pipe().map_err(io)?;
-        let token = format!("{:032x}", rand::random::<u128>());
 
         let mut cmd = Command::new(python);
         cmd.arg("-c")
             .arg(WORKER_SOURCE)
             .arg(REQUEST_FD.to_string())
             .arg(REPLY_FD.to_string())
-            .arg(&token)
             .current_dir(workspace)
             .stdin(Stdio::null())
             .stdout(Stdio::from(out_write))
@@ -103,7 +99,6 @@ impl WorkerProcess {
             replies: FramedRead::new(replies, FrameCodec::new(max_frame)),
             stdout: Some(stdout),
             stderr: Some(stderr),
-            token,
         })
     }
 
