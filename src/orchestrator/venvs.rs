@@ -25,6 +25,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::Error;
 use crate::labels;
+use crate::metrics::{self, VenvOutcome};
 use crate::runtime::{ContainerRuntime, Job, Labels, VolumeInfo, VolumeMount};
 
 use super::runtimes::Runtimes;
@@ -985,11 +986,13 @@ impl Venvs {
     }
 
     /// Runs a build job, forwarding its output as progress and gathering its events.
+    #[tracing::instrument(name = "venvs.build", skip_all, fields(operation = "venvs.build"))]
     async fn run_build(
         &self,
         job: &Job,
         progress: VenvProgressFn<'_>,
     ) -> Result<JobOutcome, Error> {
+        let started = std::time::Instant::now();
         let gathered = Mutex::new(JobOutcome::default());
         let on_line = |line: &str| {
             if let Some(event) = line.strip_prefix(MARK) {
@@ -1027,7 +1030,13 @@ impl Venvs {
             }
             progress(step(VenvPhase::Install, line));
         };
-        let out = self.engine.run_job(job, &on_line).await?;
+        let out = match self.engine.run_job(job, &on_line).await {
+            Ok(out) => out,
+            Err(e) => {
+                metrics::venv_build(VenvOutcome::Failed, started.elapsed().as_secs_f64());
+                return Err(e.into());
+            }
+        };
         let mut outcome = gathered.into_inner().unwrap();
         if out.exit_code != 0 && outcome.error.is_none() {
             outcome.error = Some(match out.exit_code {
@@ -1046,6 +1055,11 @@ impl Venvs {
             let skip = outcome.tail.len().saturating_sub(TAIL_LINES);
             outcome.tail.drain(..skip);
         }
+        let result = match outcome.error {
+            None => VenvOutcome::Ok,
+            Some(_) => VenvOutcome::Failed,
+        };
+        metrics::venv_build(result, started.elapsed().as_secs_f64());
         Ok(outcome)
     }
 }
