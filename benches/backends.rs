@@ -32,21 +32,36 @@ fn opts() -> Opts {
         starts: 10,
         calls: 3000,
         concurrent: 20,
-        rootfs: std::env::var("BEEPHOST_TEST_ROOTFS").map(PathBuf::from).unwrap_or_default(),
+        rootfs: std::env::var("BEEPHOST_TEST_ROOTFS")
+            .map(PathBuf::from)
+            .unwrap_or_default(),
         write: false,
     };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
-            "--starts" => o.starts = args.next().and_then(|v| v.parse().ok()).expect("--starts N"),
+            "--starts" => {
+                o.starts = args
+                    .next()
+                    .and_then(|v| v.parse().ok())
+                    .expect("--starts N")
+            }
             "--calls" => o.calls = args.next().and_then(|v| v.parse().ok()).expect("--calls N"),
-            "--concurrent" => o.concurrent = args.next().and_then(|v| v.parse().ok()).expect("--concurrent N"),
+            "--concurrent" => {
+                o.concurrent = args
+                    .next()
+                    .and_then(|v| v.parse().ok())
+                    .expect("--concurrent N")
+            }
             "--rootfs" => o.rootfs = PathBuf::from(args.next().expect("--rootfs FILE")),
             "--write" => o.write = true,
             _ => {}
         }
     }
-    assert!(o.rootfs.is_file(), "give --rootfs FILE or BEEPHOST_TEST_ROOTFS (docker/build-rootfs.sh makes one)");
+    assert!(
+        o.rootfs.is_file(),
+        "give --rootfs FILE or BEEPHOST_TEST_ROOTFS (docker/build-rootfs.sh makes one)"
+    );
     o
 }
 
@@ -59,16 +74,25 @@ fn ms(d: Duration) -> String {
 }
 
 fn docker(args: &[&str]) -> String {
-    let out = Command::new("docker").args(args).output().expect("docker runs");
+    let out = Command::new("docker")
+        .args(args)
+        .output()
+        .expect("docker runs");
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
 fn machine() -> String {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string()))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+        })
         .unwrap_or_default();
-    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(0);
     let engine = docker(&["version", "--format", "{{.Server.Version}}"]);
     format!("{cores} cores ({cpu}), Docker engine {engine}")
 }
@@ -79,7 +103,16 @@ async fn main() {
     let label = format!("io.beephost.test=bench-{}", std::process::id());
     let run_dir = std::env::temp_dir().join(format!("bh-bench-{}", std::process::id()));
     let mut host = Command::new(env!("CARGO_BIN_EXE_beephost"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--log-format", "json", "--labels", &label, "--rootfs"])
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--log-format",
+            "json",
+            "--labels",
+            &label,
+            "--rootfs",
+        ])
         .arg(&o.rootfs)
         .arg("--run-dir")
         .arg(&run_dir)
@@ -100,11 +133,24 @@ async fn main() {
     let base = format!("http://{addr}");
     let http = reqwest::Client::new();
     let deadline = Instant::now() + Duration::from_secs(600);
-    while http.get(format!("{base}/readyz")).send().await.map(|r| r.status().as_u16()) != Ok(200) {
+    while http
+        .get(format!("{base}/readyz"))
+        .send()
+        .await
+        .map(|r| r.status().as_u16())
+        != Ok(200)
+    {
         assert!(Instant::now() < deadline, "the host did not become ready");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let runtimes: Value = http.get(format!("{base}/v1/runtimes")).send().await.unwrap().json().await.unwrap();
+    let runtimes: Value = http
+        .get(format!("{base}/v1/runtimes"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     let image = runtimes["runtimes"][0]["id"].as_str().unwrap().to_string();
 
     // Floor: docker run of the same image, measured in the same run.
@@ -112,7 +158,19 @@ async fn main() {
     for _ in 0..o.starts {
         let t = Instant::now();
         let status = Command::new("docker")
-            .args(["run", "--rm", "--network", "none", "--label", &label, "--entrypoint", "python3", &image, "-c", "pass"])
+            .args([
+                "run",
+                "--rm",
+                "--network",
+                "none",
+                "--label",
+                &label,
+                "--entrypoint",
+                "python3",
+                &image,
+                "-c",
+                "pass",
+            ])
             .stdout(Stdio::null())
             .status()
             .unwrap();
@@ -146,7 +204,10 @@ async fn main() {
             .unwrap();
         assert_eq!(r["result"]["value"], 2, "{r}");
         starts.push(t.elapsed());
-        http.delete(format!("{base}/v1/backends/s{i}")).send().await.unwrap();
+        http.delete(format!("{base}/v1/backends/s{i}"))
+            .send()
+            .await
+            .unwrap();
     }
     starts.sort();
 
@@ -164,12 +225,26 @@ async fn main() {
     let token = b["token"].as_str().unwrap().to_string();
     let body = json!({"code": "x = 1 + 1", "session": "w"});
     for _ in 0..200 {
-        http.post(&ep).bearer_auth(&token).json(&body).send().await.unwrap().bytes().await.unwrap();
+        http.post(&ep)
+            .bearer_auth(&token)
+            .json(&body)
+            .send()
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap();
     }
     let mut warm = Vec::with_capacity(o.calls);
     for _ in 0..o.calls {
         let t = Instant::now();
-        let resp = http.post(&ep).bearer_auth(&token).json(&body).send().await.unwrap();
+        let resp = http
+            .post(&ep)
+            .bearer_auth(&token)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
         let bytes = resp.bytes().await.unwrap();
         warm.push(t.elapsed());
         debug_assert!(!bytes.is_empty());
@@ -178,9 +253,22 @@ async fn main() {
 
     // Idle memory of that backend, as the engine reports it.
     let filter = format!("label={label}");
-    let warm_id = docker(&["ps", "-q", "--filter", &filter, "--filter", "label=io.beephost.backend-name=warm"]);
+    let warm_id = docker(&[
+        "ps",
+        "-q",
+        "--filter",
+        &filter,
+        "--filter",
+        "label=io.beephost.backend-name=warm",
+    ]);
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let idle_mem = docker(&["stats", "--no-stream", "--format", "{{.MemUsage}}", &warm_id]);
+    let idle_mem = docker(&[
+        "stats",
+        "--no-stream",
+        "--format",
+        "{{.MemUsage}}",
+        &warm_id,
+    ]);
 
     // Many backends at once.
     let t = Instant::now();
@@ -245,7 +333,11 @@ async fn main() {
         let ids = docker(&args);
         let ids: Vec<&str> = ids.lines().collect();
         if !ids.is_empty() {
-            let mut rm = if args[0] == "ps" { vec!["rm", "-f"] } else { vec!["rmi", "-f"] };
+            let mut rm = if args[0] == "ps" {
+                vec!["rm", "-f"]
+            } else {
+                vec!["rmi", "-f"]
+            };
             rm.extend(ids);
             docker(&rm);
         }
@@ -254,7 +346,12 @@ async fn main() {
         let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("BENCHMARKS.md");
         let old = std::fs::read_to_string(&path).unwrap_or_else(|_| "# Benchmarks\n".into());
         let new = match (old.find(START), old.find(END)) {
-            (Some(s), Some(e)) if e > s => format!("{}{}{}", &old[..s], report, &old[e + END.len()..].trim_start_matches('\n')),
+            (Some(s), Some(e)) if e > s => format!(
+                "{}{}{}",
+                &old[..s],
+                report,
+                &old[e + END.len()..].trim_start_matches('\n')
+            ),
             _ => format!("{}\n\n{report}", old.trim_end()),
         };
         std::fs::write(&path, new).expect("write BENCHMARKS.md");

@@ -13,7 +13,7 @@ use super::problem::{ApiError, ApiJson};
 use super::AppState;
 use crate::endpoints::{http, ops};
 use crate::error::Error;
-use crate::orchestrator::backends::{BackendRequest, BackendView};
+use crate::orchestrator::backends::{BackendDetails, BackendRequest, BackendView};
 
 pub async fn list(State(state): State<Arc<AppState>>) -> Json<Value> {
     Json(json!({ "backends": state.orchestrator.backends.list() }))
@@ -30,8 +30,8 @@ pub async fn create(
 pub async fn get(
     State(state): State<Arc<AppState>>,
     Path(id): Path<String>,
-) -> Result<Json<BackendView>, ApiError> {
-    Ok(Json(state.orchestrator.backends.get(&id)?))
+) -> Result<Json<BackendDetails>, ApiError> {
+    Ok(Json(state.orchestrator.backends.details(&id).await?))
 }
 
 pub async fn delete(
@@ -41,8 +41,11 @@ pub async fn delete(
     Ok(Json(state.orchestrator.backends.delete(&id).await?))
 }
 
-pub async fn restart(Path(_id): Path<String>) -> Result<Json<Value>, ApiError> {
-    Err(Error::NotImplemented("restarting a backend").into())
+pub async fn restart(
+    State(state): State<Arc<AppState>>,
+    Path(id): Path<String>,
+) -> Result<Json<BackendView>, ApiError> {
+    Ok(Json(state.orchestrator.backends.restart(&id).await?))
 }
 
 pub async fn logs(Path(_id): Path<String>) -> Result<Json<Value>, ApiError> {

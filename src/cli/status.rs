@@ -45,6 +45,22 @@ pub async fn run(global: &GlobalArgs, args: StatusArgs) -> ExitCode {
                     println!("{key:<16} {}", s(&b, key));
                 }
                 println!("{:<16} {}", "limits", b["limits"]);
+                let uptime = b["uptime_secs"].as_u64().unwrap_or(0);
+                println!(
+                    "{:<16} {}",
+                    "uptime",
+                    humantime::format_duration(std::time::Duration::from_secs(uptime))
+                );
+                let sessions = b["sessions"]
+                    .as_array()
+                    .map(|a| a.len().to_string())
+                    .unwrap_or_else(|| "?".into());
+                println!("{:<16} {sessions}", "sessions");
+                let memory = b["memory_bytes"]
+                    .as_u64()
+                    .map(output::size)
+                    .unwrap_or_else(|| "?".into());
+                println!("{:<16} {memory}", "memory");
                 ExitCode::Ok
             }
             Err(e) => e.report(),

@@ -791,6 +791,34 @@ impl ContainerRuntime for DockerRuntime {
         }
         result
     }
+
+    async fn restart_container(&self, id: &str, grace: Duration) -> Result<()> {
+        let docker = self.client().await?;
+        let opts = bollard::query_parameters::RestartContainerOptionsBuilder::new()
+            .t(grace.as_secs() as i32)
+            .build();
+        docker
+            .restart_container(id, Some(opts))
+            .await
+            .map_err(|e| map_err("restart_container", e))
+    }
+
+    async fn container_memory(&self, id: &str) -> Result<Option<u64>> {
+        let docker = self.client().await?;
+        let opts = bollard::query_parameters::StatsOptionsBuilder::new()
+            .stream(false)
+            .one_shot(true)
+            .build();
+        let mut stats = docker.stats(id, Some(opts));
+        match stats.next().await {
+            Some(Ok(s)) => Ok(s.memory_stats.and_then(|m| m.usage)),
+            Some(Err(BollardError::DockerResponseServerError {
+                status_code: 404, ..
+            }))
+            | None => Ok(None),
+            Some(Err(e)) => Err(map_err("stats", e)),
+        }
+    }
 }
 
 fn volume_info(v: bollard::models::Volume) -> super::VolumeInfo {

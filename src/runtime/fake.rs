@@ -299,6 +299,23 @@ impl ContainerRuntime for FakeRuntime {
         })
     }
 
+    async fn restart_container(&self, id: &str, _grace: std::time::Duration) -> Result<()> {
+        let s = self.enter("restart_container")?;
+        if s.containers.iter().any(|c| c.id == id) {
+            Ok(())
+        } else {
+            Err(Error::NotFound {
+                what: "container",
+                name: id.into(),
+            })
+        }
+    }
+
+    async fn container_memory(&self, id: &str) -> Result<Option<u64>> {
+        let s = self.enter("container_memory")?;
+        Ok(s.containers.iter().find(|c| c.id == id).map(|_| 1 << 20))
+    }
+
     async fn container_state(&self, id: &str) -> Result<Option<ContainerState>> {
         let s = self.enter("container_state")?;
         Ok(s.containers

@@ -237,6 +237,10 @@ pub trait ContainerRuntime: Send + Sync + 'static {
     async fn attach(&self, id: &str) -> Result<Attached>;
     /// A container's state, `None` when it does not exist.
     async fn container_state(&self, id: &str) -> Result<Option<ContainerState>>;
+    /// Stops (SIGTERM, then SIGKILL after `grace`) and starts a container again.
+    async fn restart_container(&self, id: &str, grace: std::time::Duration) -> Result<()>;
+    /// Memory a running container uses now, in bytes (`None` when it is not running).
+    async fn container_memory(&self, id: &str) -> Result<Option<u64>>;
     /// Creates a named volume carrying `labels`.
     async fn create_volume(&self, name: &str, labels: &Labels) -> Result<VolumeInfo>;
     /// A volume by name, `None` when absent.

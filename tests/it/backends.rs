@@ -810,3 +810,52 @@ async fn rpc_backend_answers_a_tonic_client() {
     let refused = anonymous.health(pb::HealthRequest {}).await.unwrap_err();
     assert_eq!(refused.code(), tonic::Code::Unauthenticated);
 }
+
+#[test]
+fn status_shows_live_figures_and_restart_keeps_the_endpoint() {
+    let (_label, host) = host("bk-restart", &[]);
+    let b = start(&host, &["http", "--name", "again"]);
+    let (ep, token) = (
+        b["endpoint"].as_str().unwrap().to_string(),
+        b["token"].as_str().unwrap().to_string(),
+    );
+    let (s, _) = post(
+        &format!("{ep}/execute"),
+        &token,
+        json!({"code": "v = 1", "session": "keep"}),
+    );
+    assert_eq!(s, 200);
+    let (s, d) = v1(&host, "GET", "/v1/backends/again", json!(null));
+    assert_eq!(s, 200, "{d}");
+    assert!(d["memory_bytes"].as_u64().unwrap() > 1 << 20, "{d}");
+    assert!(d["sessions"].to_string().contains("keep"), "{d}");
+    let out = host.cli(&["status", "again"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    for field in ["uptime", "sessions", "memory", "endpoint"] {
+        assert!(
+            out.stdout.lines().any(|l| l.starts_with(field)),
+            "no {field}: {}",
+            out.stdout
+        );
+    }
+    let out = host.cli(&["status"]);
+    assert!(
+        out.stdout.contains("again") && out.stdout.contains(&ep),
+        "{}",
+        out.stdout
+    );
+
+    let (s, r) = v1(&host, "POST", "/v1/backends/again/restart", json!(null));
+    assert_eq!(s, 200, "{r}");
+    assert_eq!(r["endpoint"].as_str(), Some(ep.as_str()));
+    let (s, r) = post(
+        &format!("{ep}/execute"),
+        &token,
+        json!({"code": "v", "session": "keep"}),
+    );
+    assert_eq!(s, 200, "{r}");
+    assert_eq!(
+        r["error"]["type"], "NameError",
+        "a restart starts afresh: {r}"
+    );
+}

@@ -121,6 +121,20 @@ pub struct BackendView {
     pub token: Option<String>,
 }
 
+/// A backend with its live figures.
+#[derive(Debug, Clone, Serialize)]
+pub struct BackendDetails {
+    #[serde(flatten)]
+    pub backend: BackendView,
+    pub uptime_secs: u64,
+    /// Calls running now.
+    pub inflight: usize,
+    /// The agent's sessions (id, created, last used), when it answered.
+    pub sessions: Option<Value>,
+    /// Memory the container uses, as the engine reports it.
+    pub memory_bytes: Option<u64>,
+}
+
 /// Host-wide settings of backends.
 #[derive(Debug, Clone)]
 pub struct BackendsConfig {
@@ -244,6 +258,62 @@ impl Backends {
         self.find(id_or_name)
             .map(|b| b.view(None))
             .ok_or_else(|| not_found(id_or_name))
+    }
+
+    /// One backend with what it costs to ask: uptime, its sessions (from the agent) and its
+    /// memory (from the engine).
+    pub async fn details(&self, id_or_name: &str) -> Result<BackendDetails, Error> {
+        let live = self.find(id_or_name).ok_or_else(|| not_found(id_or_name))?;
+        let sessions = live
+            .client
+            .request(&CallOpts::default(), Op::SessionList)
+            .await
+            .ok()
+            .and_then(|v| v.get("sessions").cloned());
+        let memory_bytes = self
+            .engine
+            .container_memory(&live.container_id)
+            .await
+            .ok()
+            .flatten();
+        Ok(BackendDetails {
+            uptime_secs: SystemTime::now()
+                .duration_since(live.created)
+                .unwrap_or_default()
+                .as_secs(),
+            inflight: live.inflight.load(Ordering::SeqCst),
+            sessions,
+            memory_bytes,
+            backend: live.view(None),
+        })
+    }
+
+    /// Restarts a backend's container: its sessions are gone, its endpoint and token stay.
+    pub async fn restart(&self, id_or_name: &str) -> Result<BackendView, Error> {
+        let live = self.find(id_or_name).ok_or_else(|| not_found(id_or_name))?;
+        // Out of the registry first, so the stream watcher does not treat the restart as a death.
+        self.live.lock().unwrap().remove(&live.id);
+        let endpoint = live.endpoint.lock().unwrap().take();
+        let restarted = async {
+            self.engine
+                .restart_container(&live.container_id, Duration::from_secs(5))
+                .await?;
+            let state = self
+                .engine
+                .container_state(&live.container_id)
+                .await?
+                .ok_or_else(|| not_found(id_or_name))?;
+            self.adopt_running(&live.container_id, &state.labels, endpoint)
+                .await
+        }
+        .await;
+        if let Err(e) = restarted {
+            tracing::error!(backend = %live.name, error = %e, "restart failed; removing the backend");
+            let _ = self.engine.remove_container(&live.container_id).await;
+            return Err(e);
+        }
+        tracing::info!(backend = %live.name, id = %live.id, "backend restarted");
+        self.get(&live.id)
     }
 
     /// Names of venvs that live backends use (for the venvs service's in-use checks).
