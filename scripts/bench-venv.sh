@@ -8,4 +8,4 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 : "${BEEPHOST_TEST_ROOTFS:?set BEEPHOST_TEST_ROOTFS to the test rootfs tarball (scripts/test builds it)}"
 export BEEPHOST_TEST_RUN="bench$(date +%s)"
-cargo test --release --test it venvs::bench_venv_create -- --ignored --nocapture 2>&1 | grep '^BENCH'
+cargo test --test it venvs::bench_venv_create -- --ignored --nocapture 2>&1 | grep '^BENCH'
