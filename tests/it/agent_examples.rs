@@ -199,7 +199,9 @@ async fn the_agent_answers_each_example_with_its_reply() {
         if let Some(session) = &session {
             // Close each example's session, so they never add up to the session cap.
             next_id += 1;
-            steps.push(serde_json::json!({"id": next_id, "op": "session.close", "session": session}));
+            steps.push(
+                serde_json::json!({"id": next_id, "op": "session.close", "session": session}),
+            );
         }
         for (i, step) in steps.into_iter().enumerate() {
             let payload = serde_json::to_vec(&step).unwrap();
