@@ -171,11 +171,19 @@ pub const DOCKER_OPERATIONS: &[&str] = &[
     "build_image",
     "create_container",
     "start_container",
+    "attach_container",
+    "inspect_container",
+    "restart_container",
     "wait_container",
     "logs",
+    "stats",
     "remove_image",
     "list_containers",
     "remove_container",
+    "create_volume",
+    "inspect_volume",
+    "list_volumes",
+    "remove_volume",
 ];
 
 /// HTTP methods kept as label values; anything else is `other` (extension methods are

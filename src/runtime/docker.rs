@@ -519,6 +519,7 @@ impl ContainerRuntime for DockerRuntime {
         }
     }
 
+    #[tracing::instrument(name = "docker.create_sandbox", skip_all, fields(otel.kind = "client", docker.operation = "create_sandbox"))]
     async fn create_sandbox(&self, spec: &SandboxSpec) -> Result<String> {
         let docker = self.client().await?;
         let uid = crate::orchestrator::runtimes::SANDBOX_UID;
@@ -599,6 +600,7 @@ impl ContainerRuntime for DockerRuntime {
         Ok(created.id)
     }
 
+    #[tracing::instrument(name = "docker.start_container", skip_all, fields(otel.kind = "client", docker.operation = "start_container"))]
     async fn start_container(&self, id: &str) -> Result<()> {
         let docker = self.client().await?;
         docker
@@ -607,6 +609,7 @@ impl ContainerRuntime for DockerRuntime {
             .map_err(|e| map_err("start_container", e))
     }
 
+    #[tracing::instrument(name = "docker.attach", skip_all, fields(otel.kind = "client", docker.operation = "attach"))]
     async fn attach(&self, id: &str) -> Result<Attached> {
         let docker = self.client().await?;
         let opts = AttachContainerOptionsBuilder::new()
@@ -651,6 +654,7 @@ impl ContainerRuntime for DockerRuntime {
         })
     }
 
+    #[tracing::instrument(name = "docker.container_state", skip_all, fields(otel.kind = "client", docker.operation = "container_state"))]
     async fn container_state(&self, id: &str) -> Result<Option<ContainerState>> {
         let docker = self.client().await?;
         match docker.inspect_container(id, None).await {
@@ -670,6 +674,7 @@ impl ContainerRuntime for DockerRuntime {
         }
     }
 
+    #[tracing::instrument(name = "docker.create_volume", skip_all, fields(otel.kind = "client", docker.operation = "create_volume"))]
     async fn create_volume(&self, name: &str, labels: &Labels) -> Result<super::VolumeInfo> {
         let docker = self.client().await?;
         let req = bollard::models::VolumeCreateRequest {
@@ -684,6 +689,7 @@ impl ContainerRuntime for DockerRuntime {
         Ok(volume_info(v))
     }
 
+    #[tracing::instrument(name = "docker.inspect_volume", skip_all, fields(otel.kind = "client", docker.operation = "inspect_volume"))]
     async fn inspect_volume(&self, name: &str) -> Result<Option<super::VolumeInfo>> {
         let docker = self.client().await?;
         match docker.inspect_volume(name).await {
@@ -695,6 +701,7 @@ impl ContainerRuntime for DockerRuntime {
         }
     }
 
+    #[tracing::instrument(name = "docker.list_volumes", skip_all, fields(otel.kind = "client", docker.operation = "list_volumes"))]
     async fn list_volumes(&self, labels: &Labels) -> Result<Vec<super::VolumeInfo>> {
         let docker = self.client().await?;
         let opts = bollard::query_parameters::ListVolumesOptionsBuilder::new()
@@ -713,6 +720,7 @@ impl ContainerRuntime for DockerRuntime {
             .collect())
     }
 
+    #[tracing::instrument(name = "docker.remove_volume", skip_all, fields(otel.kind = "client", docker.operation = "remove_volume"))]
     async fn remove_volume(&self, name: &str) -> Result<()> {
         let docker = self.client().await?;
         let opts = bollard::query_parameters::RemoveVolumeOptionsBuilder::new().build();
@@ -725,6 +733,7 @@ impl ContainerRuntime for DockerRuntime {
         }
     }
 
+    #[tracing::instrument(name = "docker.run_job", skip_all, fields(otel.kind = "client", docker.operation = "run_job"))]
     async fn run_job(&self, job: &super::Job, output: super::LineFn<'_>) -> Result<RunOutput> {
         let docker = self.client().await?;
         let mut mounts: Vec<Mount> = job
@@ -792,6 +801,7 @@ impl ContainerRuntime for DockerRuntime {
         result
     }
 
+    #[tracing::instrument(name = "docker.restart_container", skip_all, fields(otel.kind = "client", docker.operation = "restart_container"))]
     async fn restart_container(&self, id: &str, grace: Duration) -> Result<()> {
         let docker = self.client().await?;
         let opts = bollard::query_parameters::RestartContainerOptionsBuilder::new()
@@ -803,6 +813,7 @@ impl ContainerRuntime for DockerRuntime {
             .map_err(|e| map_err("restart_container", e))
     }
 
+    #[tracing::instrument(name = "docker.container_memory", skip_all, fields(otel.kind = "client", docker.operation = "container_memory"))]
     async fn container_memory(&self, id: &str) -> Result<Option<u64>> {
         let docker = self.client().await?;
         let opts = bollard::query_parameters::StatsOptionsBuilder::new()
