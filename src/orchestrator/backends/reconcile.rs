@@ -24,6 +24,11 @@ pub struct ReconcileReport {
 
 impl Backends {
     /// One pass of reconciliation.
+    #[tracing::instrument(
+        name = "backends.reconcile",
+        skip_all,
+        fields(operation = "backends.reconcile")
+    )]
     pub async fn reconcile(&self) -> Result<ReconcileReport, Error> {
         let containers = self.engine.list_containers(&self.owned_filter()).await?;
         let mut report = ReconcileReport::default();
@@ -55,6 +60,9 @@ impl Backends {
                 }
             }
         }
+        crate::metrics::reconcile(report.adopted as u64, report.removed as u64);
+        let live = self.live.lock().unwrap().len();
+        crate::metrics::set_backends(crate::metrics::BackendState::Running, live);
         if report.adopted + report.removed > 0 {
             tracing::info!(
                 adopted = report.adopted,
