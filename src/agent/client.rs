@@ -181,7 +181,12 @@ struct State {
     /// Set once the stream is gone; later calls fail at once with this reason.
     closed: Option<String>,
     pending: HashMap<u64, oneshot::Sender<Reply>>,
+    /// The agent's latest diagnostics (sandboxes keep no logs; these are them).
+    events: std::collections::VecDeque<crate::protocol::Event>,
 }
+
+/// How many of the agent's diagnostics a client keeps.
+const EVENTS_KEPT: usize = 200;
 
 impl State {
     fn close(&mut self, reason: &str) {
@@ -283,6 +288,11 @@ impl AgentClient {
     }
 
     /// Whether the stream is known to be gone.
+    /// The agent's latest diagnostics, oldest first.
+    pub fn events(&self) -> Vec<crate::protocol::Event> {
+        lock(&self.inner.state).events.iter().cloned().collect()
+    }
+
     pub fn is_closed(&self) -> bool {
         lock(&self.inner.state).closed.is_some()
     }
@@ -564,7 +574,14 @@ async fn read_loop<R: AsyncRead + Unpin>(reader: R, max_frame: usize, state: Arc
                     }
                 }
                 Ok(Response { id: None, body }) => match body {
-                    Body::Event(e) => tracing::info!(level = %e.level, "agent: {}", e.message),
+                    Body::Event(e) => {
+                        tracing::info!(level = %e.level, "agent: {}", e.message);
+                        let mut st = lock(&state);
+                        if st.events.len() == EVENTS_KEPT {
+                            st.events.pop_front();
+                        }
+                        st.events.push_back(e);
+                    }
                     Body::Error(e) => tracing::debug!(kind = %e.kind, "agent: {}", e.message),
                     Body::Ok(_) => tracing::debug!("agent sent a reply without an id"),
                 },

@@ -12,7 +12,6 @@ use serde_json::{json, Value};
 use super::problem::{ApiError, ApiJson};
 use super::AppState;
 use crate::endpoints::{http, ops};
-use crate::error::Error;
 use crate::orchestrator::backends::{BackendDetails, BackendRequest, BackendView};
 
 pub async fn list(State(state): State<Arc<AppState>>) -> Json<Value> {
@@ -48,8 +47,11 @@ pub async fn restart(
     Ok(Json(state.orchestrator.backends.restart(&id).await?))
 }
 
-pub async fn logs(Path(_id): Path<String>) -> Result<Json<Value>, ApiError> {
-    Err(Error::NotImplemented("backend logs").into())
+pub async fn logs(
+    State(state): State<Arc<AppState>>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    Ok(Json(state.orchestrator.backends.logs(&id)?))
 }
 
 pub async fn operation(

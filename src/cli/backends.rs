@@ -147,8 +147,17 @@ pub async fn logs(global: &GlobalArgs, args: NameArg) -> ExitCode {
         .get::<Value>(&format!("/v1/backends/{seg}/logs"))
         .await
     {
-        Ok(v) => {
+        Ok(v) if global.output == Output::Json => {
             print_json(&v);
+            ExitCode::Ok
+        }
+        Ok(v) => {
+            for e in v["events"].as_array().into_iter().flatten() {
+                println!("{} {}", s(e, "level"), s(e, "message"));
+            }
+            for line in v["stderr"].as_array().into_iter().flatten() {
+                println!("stderr {}", line.as_str().unwrap_or_default());
+            }
             ExitCode::Ok
         }
         Err(e) => e.report(),

@@ -859,3 +859,22 @@ fn status_shows_live_figures_and_restart_keeps_the_endpoint() {
         "a restart starts afresh: {r}"
     );
 }
+
+#[test]
+fn logs_show_what_the_sandbox_wrote_to_stderr() {
+    let (label, host) = host("bk-logs", &[]);
+    start(&host, &["http", "--name", "chatty"]);
+    let out = host.cli(&["logs", "chatty"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    let out = host.cli(&["--output", "json", "logs", "chatty"]);
+    let v: Value = serde_json::from_str(&out.stdout).unwrap();
+    assert!(v["events"].is_array() && v["stderr"].is_array(), "{v}");
+    let out = host.cli(&["logs", "nobody"]);
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(
+        out.stderr.starts_with("error: backend `nobody` not found"),
+        "{}",
+        out.stderr
+    );
+    drop(label);
+}

@@ -288,6 +288,16 @@ impl Backends {
         })
     }
 
+    /// What a backend has said: the agent's diagnostics and the container's stderr.
+    pub fn logs(&self, id_or_name: &str) -> Result<Value, Error> {
+        let live = self.find(id_or_name).ok_or_else(|| not_found(id_or_name))?;
+        let stderr: Vec<String> = live.stderr_tail.lock().unwrap().iter().cloned().collect();
+        Ok(serde_json::json!({
+            "events": live.client.events(),
+            "stderr": stderr,
+        }))
+    }
+
     /// Restarts a backend's container: its sessions are gone, its endpoint and token stay.
     pub async fn restart(&self, id_or_name: &str) -> Result<BackendView, Error> {
         let live = self.find(id_or_name).ok_or_else(|| not_found(id_or_name))?;
