@@ -358,6 +358,11 @@ mod tests {
     fn bad_settings_name_themselves() {
         let e = resolve(&args(&["--listen", "nowhere"])).unwrap_err();
         assert!(e.0.contains("`nowhere`"), "{e}");
+        let e = resolve(&args(&["--metrics-listen", "metrics"])).unwrap_err();
+        assert!(e.0.contains("`metrics`"), "{e}");
+        let s = resolve(&args(&["--metrics-listen", "127.0.0.1:9464"])).unwrap();
+        assert_eq!(s.metrics_listen.map(|a| a.port()), Some(9464));
+        assert!(resolve(&args(&[])).unwrap().metrics_listen.is_none());
         let e = resolve(&args(&["--listen", "0.0.0.0:5678"])).unwrap_err();
         assert!(e.0.contains("without a token"), "{e}");
         assert!(
