@@ -567,7 +567,35 @@ fn a_host_killed_with_sigkill_readopts_its_backends_at_the_same_endpoints() {
     );
     assert_eq!(s, 200);
 
+    // Traffic through the control plane while the host dies: some frames are cut mid-way.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let traffic = {
+        let (stop, url) = (
+            stop.clone(),
+            format!("{}/v1/backends/keep-h/execute", host.url),
+        );
+        let big = "x".repeat(200_000);
+        std::thread::spawn(move || {
+            let mut answered = 0;
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                let body = json!({"code": format!("len('{big}')"), "session": "t"}).to_string();
+                if http("POST", &url, Some(&body)).0 == 200 {
+                    answered += 1;
+                }
+            }
+            answered
+        })
+    };
+    crate::support::wait_for("traffic to flow", Duration::from_secs(20), || {
+        let (_, r) = v1(&host, "GET", "/v1/backends/keep-h", json!(null));
+        r["sessions"].to_string().contains("\"t\"").then_some(())
+    });
     host.kill9();
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    assert!(
+        traffic.join().unwrap() > 0,
+        "no call went through before the kill"
+    );
     let (status, _) = post(&format!("{ep}/execute"), &token, json!({"code": "1"}));
     assert_eq!(status, 0, "the endpoint should be down while the host is");
     let host = Host::start(&label, &args, &[]);
@@ -877,4 +905,46 @@ fn logs_show_what_the_sandbox_wrote_to_stderr() {
         out.stderr
     );
     drop(label);
+}
+
+#[test]
+fn an_unreachable_engine_gives_503_and_the_host_recovers_by_itself() {
+    let label = TestLabel::new("bk-engine");
+    label.runtime();
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("engine.sock");
+    let proxy = crate::support::EngineProxy::start(&sock);
+    let docker_host = format!("unix://{}", sock.display());
+    let run_dir = dir.path().join("run");
+    let host = Host::start(
+        &label,
+        &["--no-prepare", "--run-dir", run_dir.to_str().unwrap()],
+        &[("DOCKER_HOST", &docker_host)],
+    );
+    host.wait_ready(Duration::from_secs(60));
+    start(&host, &["http", "--name", "before"]);
+
+    proxy.stop();
+    crate::support::wait_for("readiness to drop", Duration::from_secs(20), || {
+        (host.get("/readyz").0 == 503).then_some(())
+    });
+    let (s, r) = v1(
+        &host,
+        "POST",
+        "/v1/backends",
+        json!({"transport": "http", "name": "during"}),
+    );
+    assert_eq!(s, 503, "{r}");
+    assert_eq!(r["title"], "Service Unavailable", "{r}");
+    assert_eq!(host.get("/healthz").0, 200);
+
+    let _proxy = crate::support::EngineProxy::start(&sock);
+    host.wait_ready(Duration::from_secs(30));
+    let b = start(&host, &["http", "--name", "after"]);
+    let (s, r) = post(
+        &format!("{}/execute", b["endpoint"].as_str().unwrap()),
+        b["token"].as_str().unwrap(),
+        json!({"code": "'back'"}),
+    );
+    assert_eq!((s, &r["result"]["value"]), (200, &json!("back")), "{r}");
 }
