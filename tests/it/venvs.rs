@@ -267,7 +267,7 @@ fn venv_lifecycle_from_a_wheelhouse_the_test_built() {
             &label,
             &venv,
             mode,
-            &format!("open('/venv/lib/evil.txt', 'w'); open('/venv/bin/python', 'a')"),
+            "open('/venv/lib/evil.txt', 'w'); open('/venv/bin/python', 'a')",
         );
         assert!(!ok, "wrote into the venv through a {mode} mount: {printed}");
         assert!(
@@ -288,6 +288,21 @@ fn venv_lifecycle_from_a_wheelhouse_the_test_built() {
         .unwrap_or_else(|| panic!("{name} not listed: {body}"))
         .clone();
     assert_eq!(packages(&found), packages(&venv));
+    let out = host.cli(&["venv", "list"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    assert!(
+        out.stdout
+            .lines()
+            .any(|l| l.starts_with(&name) && l.contains("ready")),
+        "{}",
+        out.stdout
+    );
+    let out = host.cli(&["venv", "show", &name]);
+    assert!(
+        out.stdout.contains(&format!("{pkg}  1.0")),
+        "{}",
+        out.stdout
+    );
     let (status, body) = host.get(&format!("/v1/venvs/{name}"));
     assert_eq!(status, 200, "{body}");
     let shown = json(&body);
@@ -382,6 +397,21 @@ fn venv_builds_are_exclusive_failures_are_kept_and_bad_input_leaves_nothing() {
     let pkg = unique("bhedge");
     write_wheel(wheels.path(), &pkg, "0.3", 3);
     let host = venv_host(&label, wheels.path(), &[]);
+
+    // Templates as data.
+    let (status, body) = host.get("/v1/venv-templates");
+    assert_eq!(status, 200, "{body}");
+    let templates = json(&body)["templates"].clone();
+    let ds = templates
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["name"] == "data-science")
+        .unwrap_or_else(|| panic!("{body}"));
+    assert_eq!(
+        ds["packages"],
+        serde_json::json!(["numpy", "pandas", "matplotlib"])
+    );
 
     // Bad input: 400/422 naming the offender, and nothing made.
     let cases: Vec<(Value, u16, &str)> = vec![
