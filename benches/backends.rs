@@ -303,7 +303,7 @@ async fn main() {
          | floor: `docker run --rm --network none <runtime> python3 -c pass` ({n} runs) | {f50} | {f99} | |\n\
          | start → first exec result (`POST /v1/backends`, then `POST /execute`) | {s50} | {s99} | |\n\
          | ratio to the floor | {ratio50:.2}× | {ratio99:.2}× | ≤ 1.3× |\n\
-         | warm exec `x = 1 + 1` through the http endpoint ({calls} calls) | {w50} | {w99} | p50 ≤ 0.5 ms, p99 ≤ 2 ms |\n\n\
+         | warm exec `x = 1 + 1` through the http endpoint ({calls} calls) | {w50:.3} ms | {w99:.3} ms | p50 ≤ 0.5 ms, p99 ≤ 2 ms |\n\n\
          | measure | result | target |\n| --- | --- | --- |\n\
          | {conc} backends started concurrently | {ok} ok, {failures} failed, {celapsed} in all | no error |\n\
          | an idle backend's memory (`docker stats`) | {idle_mem} | ≤ 25 MiB |\n\
@@ -317,8 +317,8 @@ async fn main() {
         ratio50 = percentile(&starts, 0.5).as_secs_f64() / percentile(&floor, 0.5).as_secs_f64(),
         ratio99 = percentile(&starts, 0.99).as_secs_f64() / percentile(&floor, 0.99).as_secs_f64(),
         calls = o.calls,
-        w50 = format!("{:.3} ms", percentile(&warm, 0.5).as_secs_f64() * 1e3),
-        w99 = format!("{:.3} ms", percentile(&warm, 0.99).as_secs_f64() * 1e3),
+        w50 = percentile(&warm, 0.5).as_secs_f64() * 1e3,
+        w99 = percentile(&warm, 0.99).as_secs_f64() * 1e3,
         conc = o.concurrent,
         ok = o.concurrent - failures,
         celapsed = ms(concurrent_elapsed),

@@ -68,6 +68,10 @@ pub async fn serve(listener: TcpListener, target: EndpointTarget, cancel: Cancel
         .route("/health", get(health))
         .merge(guarded)
         .with_state(target);
+    // Small request/response pairs: no Nagle delay on the client's connection.
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     let _ = axum::serve(listener, app)
         .with_graceful_shutdown(async move { cancel.cancelled().await })
         .await;

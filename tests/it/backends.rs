@@ -433,7 +433,7 @@ fn a_killed_container_fails_its_calls_at_once_and_others_carry_on() {
         );
         r.to_string().contains("started").then_some(())
     });
-    let filter = format!("label=io.beephost.backend-name=victim");
+    let filter = "label=io.beephost.backend-name=victim".to_string();
     let ids = docker(&[
         "ps",
         "-q",

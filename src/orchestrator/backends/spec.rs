@@ -262,7 +262,7 @@ pub fn parse_bytes(s: &str) -> Option<i64> {
         _ => return None,
     };
     let n: f64 = digits.parse().ok()?;
-    (n.is_finite() && n > 0.0).then(|| (n * mult as f64) as i64)
+    (n.is_finite() && n > 0.0).then_some((n * mult as f64) as i64)
 }
 
 /// `30m`, `8h`, `90s`, `1h30m` or plain seconds → a duration.
