@@ -86,7 +86,14 @@ async fn run(state: &AppState, id: &str, op: &str, body: &[u8]) -> Response {
     let (status, body, is_problem) = match ops::parse_body(op, body) {
         Ok((opts, op)) => {
             let name = op.name();
-            ops::reply(name, state.orchestrator.backends.call(id, opts, op).await)
+            ops::reply(
+                name,
+                state
+                    .orchestrator
+                    .backends
+                    .call(id, opts, op, crate::metrics::Transport::Api)
+                    .await,
+            )
         }
         Err(p) => (p.status, json!(p), true),
     };

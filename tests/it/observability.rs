@@ -508,8 +508,71 @@ fn spans_reach_an_otlp_http_receiver_as_a_new_trace() {
     assert_runtimes_chain(&spans, &http.trace_id);
 }
 
-// TODO(issue 5): the execute-call chain. Once `POST /v1/backends/{id}/execute` exists, add a
-// test here that starts a backend (BEEPHOST_TEST_ROOTFS), sends one execute with a traceparent,
-// and asserts HTTP span → `backends.execute` (orchestrator, with backend and venv attributes)
-// → Docker/attach span → agent request span carrying the agent's own execution time; and that
-// `beephost_executions_total{outcome="ok",transport="api"}` went up by one in Prometheus.
+/// One execute call through the control plane is one trace: the HTTP span, the orchestrator's
+/// `backends.call` and the `agent.request` that carries the agent's own execution time; and the
+/// call is counted in `beephost_executions_total`.
+#[test]
+fn an_execute_call_is_one_trace_down_to_the_agent() {
+    let receiver = Receiver::grpc();
+    let label = TestLabel::new("obs-exec");
+    label.runtime();
+    let service = format!("beephost-it-exec-{}", std::process::id());
+    let host = traced_host(&label, &receiver, "grpc", &service);
+    host.wait_ready(Duration::from_secs(60));
+    let out = host.cli(&["--output", "json", "start", "http", "--name", "traced"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    let trace_id = "0af7651916cd43dd8448eb211c80319c";
+    let caller = "b7ad6b7169203331";
+    let (status, body) = crate::support::http_with(
+        "POST",
+        &format!("{}/v1/backends/traced/execute", host.url),
+        Some(r#"{"code": "sum(range(10))"}"#),
+        &[("traceparent", &format!("00-{trace_id}-{caller}-01"))],
+    );
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("\"value\":45"), "{body}");
+    let spans = receiver.wait_for_span("the agent span of the execute call", |s| {
+        s.trace_id == trace_id && s.name == "agent.request"
+    });
+    let in_trace: Vec<_> = spans.iter().filter(|s| s.trace_id == trace_id).collect();
+    let find = |pred: &dyn Fn(&otlp::Span) -> bool, what: &str| {
+        in_trace
+            .iter()
+            .find(|s| pred(s))
+            .map(|s| (*s).clone())
+            .unwrap_or_else(|| panic!("no {what} span in {in_trace:#?}"))
+    };
+    let http = find(
+        &|s| s.attr("http.route") == Some("/v1/backends/{id}/{op}"),
+        "HTTP",
+    );
+    assert_eq!(http.parent_span_id, caller, "{http:?}");
+    let call = find(&|s| s.name == "backends.call", "backends.call");
+    assert_eq!(call.parent_span_id, http.span_id, "{call:?} under {http:?}");
+    assert_eq!(call.attr("backend"), Some("traced"), "{call:?}");
+    assert_eq!(call.attr("op"), Some("exec"), "{call:?}");
+    assert_eq!(call.attr("transport"), Some("api"), "{call:?}");
+    assert_eq!(call.attr("outcome"), Some("ok"), "{call:?}");
+    let agent = find(&|s| s.name == "agent.request", "agent.request");
+    assert_eq!(
+        agent.parent_span_id, call.span_id,
+        "{agent:?} under {call:?}"
+    );
+    assert_eq!(agent.kind, otlp::KIND_CLIENT, "{agent:?}");
+    let agent_ms: f64 = agent
+        .attr("agent.duration_ms")
+        .expect("the agent's time")
+        .parse()
+        .unwrap();
+    assert!(agent_ms > 0.0 && agent_ms < 10_000.0, "{agent:?}");
+    let (_, metrics) = host.get("/metrics");
+    let line = metrics
+        .lines()
+        .find(|l| {
+            l.starts_with("beephost_executions_total")
+                && l.contains("outcome=\"ok\"")
+                && l.contains("transport=\"api\"")
+        })
+        .unwrap_or_else(|| panic!("no executions series:\n{metrics}"));
+    assert!(line.ends_with(" 1"), "{line}");
+}

@@ -21,6 +21,7 @@ use sha2::{Digest, Sha256};
 use crate::agent::{AgentClient, CallOpts, ClientError};
 use crate::error::Error;
 use crate::labels;
+use crate::metrics::{self, BackendState, ExecOutcome, StartPhase};
 use crate::protocol::Op;
 use crate::runtime::{ContainerRuntime, Labels, SandboxSpec};
 pub use spec::{BackendRequest, BackendSpec, Bounds, Limits, Transport};
@@ -65,6 +66,8 @@ pub struct EndpointTarget {
     pub backends: Weak<Backends>,
     pub id: String,
     pub token_sha256: String,
+    /// The transport this endpoint speaks (a metric label).
+    pub transport: Transport,
 }
 
 impl EndpointTarget {
@@ -79,7 +82,12 @@ impl EndpointTarget {
     /// Runs one operation on the backend.
     pub async fn call(&self, opts: CallOpts, op: Op) -> Result<Value, CallError> {
         let backends = self.backends.upgrade().ok_or(CallError::Gone)?;
-        backends.call(&self.id, opts, op).await
+        let via = match self.transport {
+            Transport::Http => metrics::Transport::Http,
+            Transport::Pipe => metrics::Transport::Pipe,
+            Transport::Rpc => metrics::Transport::Rpc,
+        };
+        backends.call(&self.id, opts, op, via).await
     }
 }
 
@@ -343,14 +351,20 @@ impl Backends {
         {
             let taken = self.find(&name).is_some();
             let mut reserved = self.reserved.lock().unwrap();
-            if taken || !reserved.insert(name.clone()) {
+            let fresh = !taken && reserved.insert(name.clone());
+            metrics::set_backends(BackendState::Starting, reserved.len());
+            if !fresh {
                 return Err(Error::Conflict(format!(
                     "a backend named `{name}` already exists"
                 )));
             }
         }
         let result = self.create_reserved(&id, &name, spec, image).await;
-        self.reserved.lock().unwrap().remove(&name);
+        {
+            let mut reserved = self.reserved.lock().unwrap();
+            reserved.remove(&name);
+            metrics::set_backends(BackendState::Starting, reserved.len());
+        }
         result
     }
 
@@ -367,6 +381,7 @@ impl Backends {
             backends: self.me.clone(),
             id: id.to_string(),
             token_sha256: token_sha256.clone(),
+            transport: spec.transport,
         };
         let endpoint = self
             .endpoints
@@ -414,7 +429,9 @@ impl Backends {
             egress: spec.egress,
             oci_runtime: self.config.oci_runtime.clone(),
         };
+        let created_at = Instant::now();
         let container_id = self.engine.create_sandbox(&sandbox).await?;
+        metrics::backend_start_phase(StartPhase::Create, created_at.elapsed().as_secs_f64());
         let live = match self.connect(&container_id, true).await {
             Ok((client, tail)) => Live {
                 id: id.to_string(),
@@ -452,10 +469,13 @@ impl Backends {
         container_id: &str,
         start: bool,
     ) -> Result<(AgentClient, Arc<Mutex<std::collections::VecDeque<String>>>), Error> {
+        let started_at = Instant::now();
         let attached = self.engine.attach(container_id).await?;
         if start {
             self.engine.start_container(container_id).await?;
+            metrics::backend_start_phase(StartPhase::Start, started_at.elapsed().as_secs_f64());
         }
+        let ready_at = Instant::now();
         let tail = attached.stderr_tail.clone();
         let client = AgentClient::start(
             attached.stdout,
@@ -467,7 +487,15 @@ impl Backends {
             client.ping().await
         };
         match tokio::time::timeout(READY_TIMEOUT, ready).await {
-            Ok(Ok(_)) => Ok((client, tail)),
+            Ok(Ok(_)) => {
+                if start {
+                    metrics::backend_start_phase(
+                        StartPhase::Ready,
+                        ready_at.elapsed().as_secs_f64(),
+                    );
+                }
+                Ok((client, tail))
+            }
             outcome => {
                 let why = match outcome {
                     Ok(Err(e)) => e.to_string(),
@@ -500,10 +528,11 @@ impl Backends {
     }
 
     fn register(&self, live: Arc<Live>) {
-        self.live
-            .lock()
-            .unwrap()
-            .insert(live.id.clone(), live.clone());
+        {
+            let mut registry = self.live.lock().unwrap();
+            registry.insert(live.id.clone(), live.clone());
+            metrics::set_backends(BackendState::Running, registry.len());
+        }
         let me = self.me.clone();
         // Watch the attach stream: when it ends, find out why and clean up.
         tokio::spawn(async move {
@@ -555,7 +584,12 @@ impl Backends {
 
     /// Drops a backend from the registry, closes its endpoint and removes its container.
     async fn forget(&self, id: &str) -> Option<Arc<Live>> {
-        let live = self.live.lock().unwrap().remove(id)?;
+        let live = {
+            let mut registry = self.live.lock().unwrap();
+            let live = registry.remove(id);
+            metrics::set_backends(BackendState::Running, registry.len());
+            live?
+        };
         let endpoint = live.endpoint.lock().unwrap().take();
         drop(endpoint);
         if let Err(e) = self.engine.remove_container(&live.container_id).await {
@@ -593,24 +627,59 @@ impl Backends {
         stopped
     }
 
-    /// Runs one operation on a backend; a running call counts as activity.
+    /// Runs one operation on a backend; a running call counts as activity. `via` is the
+    /// transport the call came through (a metric label).
+    #[tracing::instrument(
+        name = "backends.call",
+        skip_all,
+        fields(operation = "backends.call", backend = %id_or_name, op = op.name(), venv, transport = via.label(), outcome)
+    )]
     pub async fn call(
         &self,
         id_or_name: &str,
         mut opts: CallOpts,
         op: Op,
+        via: metrics::Transport,
     ) -> Result<Value, CallError> {
         let live = self
             .find(id_or_name)
             .ok_or_else(|| CallError::NotFound(id_or_name.to_string()))?;
+        let span = tracing::Span::current();
+        span.record("venv", live.venv.as_deref().unwrap_or(""));
         if opts.timeout.is_none() && live.limits.timeout_secs > 0.0 {
             opts.timeout = Some(Duration::from_secs_f64(live.limits.timeout_secs));
         }
+        let counted = op.is_worker_op();
+        let name = op.name();
         live.touch();
         live.inflight.fetch_add(1, Ordering::SeqCst);
-        let result = live.client.request(&opts, op).await;
+        let started = Instant::now();
+        let agent_span = tracing::info_span!(
+            "agent.request",
+            otel.kind = "client",
+            op = name,
+            session = opts.session.as_deref().unwrap_or(""),
+            agent.duration_ms = tracing::field::Empty,
+        );
+        let result =
+            tracing::Instrument::instrument(live.client.request(&opts, op), agent_span.clone())
+                .await;
+        let elapsed = started.elapsed().as_secs_f64();
         live.inflight.fetch_sub(1, Ordering::SeqCst);
         live.touch();
+        if let Some(ms) = result
+            .as_ref()
+            .ok()
+            .and_then(|v| v.get("duration_ms"))
+            .and_then(Value::as_f64)
+        {
+            agent_span.record("agent.duration_ms", ms);
+        }
+        let outcome = outcome_of(&result);
+        span.record("outcome", outcome.label());
+        if counted {
+            metrics::execution(outcome, via, elapsed);
+        }
         Ok(result?)
     }
 
@@ -638,6 +707,26 @@ impl Backends {
             }
         }
         expired.len()
+    }
+}
+
+/// How a call ended, for metrics and spans.
+fn outcome_of(result: &Result<Value, ClientError>) -> ExecOutcome {
+    match result {
+        Ok(v) => match v
+            .get("error")
+            .and_then(|e| e.get("type"))
+            .and_then(Value::as_str)
+        {
+            None => ExecOutcome::Ok,
+            Some("Timeout") => ExecOutcome::Timeout,
+            Some("WorkerDied") => ExecOutcome::WorkerDied,
+            Some(_) => ExecOutcome::Error,
+        },
+        Err(ClientError::Timeout { .. }) => ExecOutcome::Timeout,
+        Err(ClientError::WorkerDied { .. }) => ExecOutcome::WorkerDied,
+        Err(ClientError::BackendGone { .. }) => ExecOutcome::BackendGone,
+        Err(_) => ExecOutcome::Error,
     }
 }
 

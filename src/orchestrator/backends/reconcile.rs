@@ -111,6 +111,7 @@ impl Backends {
                     backends: self.me.clone(),
                     id: id.clone(),
                     token_sha256,
+                    transport,
                 };
                 self.endpoints
                     .open(transport, &name, Some(&address), target)
