@@ -128,14 +128,19 @@ impl Orchestrator {
         req: backends::BackendRequest,
     ) -> Result<backends::BackendView, crate::error::Error> {
         let spec = req.resolve(self.backends.bounds())?;
-        if let Some(venv) = &spec.venv {
-            let volume = format!("beephost-venv-{venv}");
-            if self.engine.inspect_volume(&volume).await?.is_none() {
-                return Err(crate::error::Error::NotFound {
-                    what: "venv",
-                    name: venv.clone(),
-                });
+        // A venv's scripts point at the Python that built it: its backends run on its runtime.
+        if let Some(name) = &spec.venv {
+            let venv = self.venvs.get(name).await?;
+            if venv.state != venvs::VenvState::Ready {
+                return Err(crate::error::Error::Conflict(format!(
+                    "venv `{name}` is {} and cannot be used yet",
+                    serde_json::to_value(venv.state)
+                        .ok()
+                        .and_then(|v| v.as_str().map(str::to_string))
+                        .unwrap_or_default()
+                )));
             }
+            return self.backends.create(spec, &venv.runtime).await;
         }
         let runtime = self
             .runtimes

@@ -260,6 +260,35 @@ fn venv_lifecycle_from_a_wheelhouse_the_test_built() {
     assert!(ok, "{printed}");
     assert_eq!(printed.trim(), "42");
 
+    // A real backend on the venv imports it too, and shows up as the venv's user.
+    let out = host.cli(&[
+        "--output",
+        "json",
+        "start",
+        "http",
+        "--venv",
+        &name,
+        "--name",
+        &format!("{name}-b"),
+    ]);
+    assert_eq!(out.code, 0, "{out:?}\n{}", host.log());
+    let backend = json(&out.stdout);
+    assert_eq!(backend["venv"], name.as_str(), "{backend}");
+    let out = host.cli(&[
+        "exec",
+        "--backend",
+        &format!("{name}-b"),
+        &format!("import {pkg}, sys\nprint(sys.prefix)\n{pkg}.VALUE"),
+    ]);
+    assert_eq!(out.code, 0, "{out:?}");
+    assert_eq!(out.stdout, "/venv\n42\n");
+    let (_, shown) = host.get(&format!("/v1/venvs/{name}"));
+    assert!(
+        shown.contains(&format!("{name}-b")),
+        "the venv lists its backend: {shown}"
+    );
+    assert_eq!(host.cli(&["stop", &format!("{name}-b")]).code, 0);
+
     // The sandbox cannot write into its venv: not through the read-only mount, and not even
     // through a writable one (the files are root's).
     for mode in ["ro", "rw"] {
