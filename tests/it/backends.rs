@@ -948,3 +948,67 @@ fn an_unreachable_engine_gives_503_and_the_host_recovers_by_itself() {
     );
     assert_eq!((s, &r["result"]["value"]), (200, &json!("back")), "{r}");
 }
+
+#[test]
+fn an_agent_that_never_answers_fails_the_start_with_its_last_words() {
+    let label = TestLabel::new("bk-broken");
+    let base = label.runtime();
+    // A runtime whose entrypoint dies at once, saying why on stderr.
+    let broken = format!("beephost-test-broken:{}", label.prefix.to_lowercase());
+    let dockerfile = format!(
+        "FROM {base}\nENTRYPOINT [\"/bin/sh\", \"-c\", \"echo agent exploded >&2; exit 3\", \"--\"]\n"
+    );
+    let mut child = std::process::Command::new("docker")
+        .args(["build", "-q", "-t", &broken, "--label", &label.label(), "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(dockerfile.as_bytes())
+        .unwrap();
+    assert!(child.wait().unwrap().success());
+    // Untag the good one, so the broken runtime is the only one the host sees.
+    docker(&["rmi", &base]);
+    let run_dir = std::env::temp_dir().join(format!("bh-{}", label.prefix));
+    let host = Host::start(
+        &label,
+        &["--no-prepare", "--run-dir", run_dir.to_str().unwrap()],
+        &[],
+    );
+    host.wait_ready(Duration::from_secs(60));
+    let started = Instant::now();
+    let (s, r) = v1(
+        &host,
+        "POST",
+        "/v1/backends",
+        json!({"transport": "http", "name": "doomed"}),
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(35),
+        "took {:?}",
+        started.elapsed()
+    );
+    assert_eq!(s, 422, "{r}");
+    let detail = r["detail"].as_str().unwrap();
+    assert!(detail.contains("agent exploded"), "{detail}");
+    assert!(detail.contains("exited with code 3"), "{detail}");
+    let filter = format!("label={}", label.label());
+    let left = docker(&[
+        "ps",
+        "-aq",
+        "--filter",
+        &filter,
+        "--filter",
+        "label=io.beephost.kind=backend",
+    ]);
+    assert!(
+        left.stdout.is_empty(),
+        "the failed backend's container was left"
+    );
+    let (_, list) = v1(&host, "GET", "/v1/backends", json!(null));
+    assert_eq!(list["backends"], json!([]), "{list}");
+}
