@@ -65,7 +65,7 @@ pub async fn serve(listener: TcpListener, target: EndpointTarget, cancel: Cancel
             require_token,
         ));
     let app = Router::new()
-        .route("/health", get(health))
+        .route("/health", get(health).post(health))
         .merge(guarded)
         .with_state(target);
     // Small request/response pairs: no Nagle delay on the client's connection.

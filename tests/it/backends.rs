@@ -1012,3 +1012,184 @@ fn an_agent_that_never_answers_fails_the_start_with_its_last_words() {
     let (_, list) = v1(&host, "GET", "/v1/backends", json!(null));
     assert_eq!(list["backends"], json!([]), "{list}");
 }
+
+/// Every operation of the protocol through one transport, `call(op, payload) -> reply`.
+fn every_operation(transport: &str, call: &mut dyn FnMut(&str, Value) -> Value) {
+    let ctx = |what: &str, r: &Value| format!("{transport} {what}: {r}");
+    let r = call("health", json!({}));
+    assert!(
+        r["pong"] == true || r["status"] == "ok",
+        "{}",
+        ctx("health", &r)
+    );
+    let r = call("info", json!({}));
+    assert_eq!(
+        r["agent_version"],
+        env!("CARGO_PKG_VERSION"),
+        "{}",
+        ctx("info", &r)
+    );
+    let r = call("session.open", json!({"session": "all"}));
+    assert_eq!(r["session"], "all", "{}", ctx("session.open", &r));
+    let r = call(
+        "execute",
+        json!({"code": "import array\nvals = array.array('d', [0.5, 1.5])\nrows = [vals, vals]\nlen(vals)", "session": "all"}),
+    );
+    assert_eq!(r["result"]["value"], 2, "{}", ctx("execute", &r));
+    let r = call(
+        "execute",
+        json!({"code": "undefined_name", "session": "all"}),
+    );
+    assert_eq!(
+        r["error"]["type"],
+        "NameError",
+        "{}",
+        ctx("execute error", &r)
+    );
+    let m = call(
+        "import",
+        json!({"moduleName": "fractions", "session": "all"}),
+    );
+    assert_eq!(m["type"], "module", "{}", ctx("import", &m));
+    let f = call(
+        "create",
+        json!({"moduleHandleId": m["handle"], "className": "Fraction", "args": [3, 4], "session": "all"}),
+    );
+    assert_eq!(f["type"], "Fraction", "{}", ctx("create", &f));
+    let r = call(
+        "call",
+        json!({"handleId": f["handle"], "methodName": "limit_denominator", "args": [2], "session": "all"}),
+    );
+    assert_eq!(r["repr"], "Fraction(1, 1)", "{}", ctx("call", &r));
+    let r = call(
+        "getattr",
+        json!({"handleId": f["handle"], "attributeName": "denominator", "session": "all"}),
+    );
+    assert_eq!(r["value"], 4, "{}", ctx("getattr", &r));
+    let ns = call(
+        "create",
+        json!({"module": "types", "class": "SimpleNamespace", "session": "all"}),
+    );
+    let r = call(
+        "setattr",
+        json!({"handle": ns["handle"], "name": "x", "value": {"deep": [1]}, "session": "all"}),
+    );
+    assert_eq!(r["success"], true, "{}", ctx("setattr", &r));
+    let r = call(
+        "eval",
+        json!({"expression": "len(rows) + k", "locals": {"k": 40}, "session": "all"}),
+    );
+    assert_eq!(r["value"], 42, "{}", ctx("eval", &r));
+    let w = call("wrap", json!({"value": [1, 2, 3], "session": "all"}));
+    assert!(w["handle"].is_string(), "{}", ctx("wrap", &w));
+    let v = call("eval", json!({"expression": "vals", "session": "all"}));
+    let r = call(
+        "tofloatarray",
+        json!({"handleId": v["handle"], "session": "all"}),
+    );
+    assert!(
+        r["data"] == json!([0.5, 1.5]) || r["error"]["type"] == "ModuleNotFoundError",
+        "{}",
+        ctx("tofloatarray", &r)
+    );
+    let rows = call("eval", json!({"expression": "rows", "session": "all"}));
+    let r = call(
+        "tofloatarray2d",
+        json!({"handleId": rows["handle"], "session": "all"}),
+    );
+    assert!(
+        r["data"] == json!([[0.5, 1.5], [0.5, 1.5]]) || r["error"]["type"] == "ModuleNotFoundError",
+        "{}",
+        ctx("tofloatarray2d", &r)
+    );
+    let r = call(
+        "dispose",
+        json!({"handleId": w["handle"], "session": "all"}),
+    );
+    assert_eq!(r["success"], true, "{}", ctx("dispose", &r));
+    let r = call("module_available", json!({"moduleName": "sqlite3"}));
+    assert_eq!(r["available"], true, "{}", ctx("module_available", &r));
+    let r = call(
+        "files.put",
+        json!({"path": "data/in.txt", "data": "aGVsbG8="}),
+    );
+    assert_eq!(r["size"], 5, "{}", ctx("files.put", &r));
+    let r = call("files.get", json!({"path": "data/in.txt"}));
+    assert_eq!(r["data"], "aGVsbG8=", "{}", ctx("files.get", &r));
+    let r = call("files.list", json!({"path": "data"}));
+    assert!(
+        r["entries"].to_string().contains("in.txt"),
+        "{}",
+        ctx("files.list", &r)
+    );
+    let r = call("files.get", json!({"path": "../etc/passwd"}));
+    assert!(
+        r["status"] == 400 || r["status"] == 403,
+        "{}",
+        ctx("files outside", &r)
+    );
+    let r = call("session.list", json!({}));
+    assert!(
+        r["sessions"].to_string().contains("\"all\""),
+        "{}",
+        ctx("session.list", &r)
+    );
+    let r = call("session.interrupt", json!({"session": "all"}));
+    assert!(
+        r.get("interrupted").is_some(),
+        "{}",
+        ctx("session.interrupt", &r)
+    );
+    let r = call("session.close", json!({"session": "all"}));
+    assert_eq!(r["closed"], true, "{}", ctx("session.close", &r));
+    let r = call("execute", json!({"code": "vals", "session": "all"}));
+    assert!(
+        r["error"]["type"] == "NameError" || r["status"] == 404,
+        "{}",
+        ctx("closed session", &r)
+    );
+}
+
+#[test]
+fn every_operation_over_http_and_pipe() {
+    let (_label, host) = host("bk-every", &[]);
+    let h = start(&host, &["http", "--name", "every-h"]);
+    let (ep, token) = (
+        h["endpoint"].as_str().unwrap().to_string(),
+        h["token"].as_str().unwrap().to_string(),
+    );
+    every_operation("http", &mut |op, payload| {
+        post(&format!("{ep}/{op}"), &token, payload).1
+    });
+
+    let p = start(&host, &["pipe", "--name", "every-p"]);
+    let stream = UnixStream::connect(p["endpoint"].as_str().unwrap()).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let mut reader = BufReader::new(stream.try_clone().unwrap());
+    let mut writer = stream;
+    let token = p["token"].as_str().unwrap().to_string();
+    every_operation("pipe", &mut |op, payload| {
+        writeln!(
+            writer,
+            "{}",
+            json!({"command": op, "payload": payload, "token": token})
+        )
+        .unwrap();
+        let mut line = String::new();
+        reader.read_line(&mut line).unwrap();
+        serde_json::from_str(&line).unwrap()
+    });
+
+    // And through the control plane.
+    every_operation("api", &mut |op, payload| {
+        v1(
+            &host,
+            "POST",
+            &format!("/v1/backends/every-h/{op}"),
+            payload,
+        )
+        .1
+    });
+}
