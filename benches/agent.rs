@@ -83,12 +83,19 @@ fn machine() -> String {
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
         .map(|k| format!("{:.0} GiB", k as f64 / 1048576.0))
         .unwrap_or_default();
-    format!("{model}, {cores} cores, {mem}, Linux {}", kernel.trim())
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    let load = load.split_whitespace().next().unwrap_or("?");
+    format!(
+        "{model}, {cores} cores, {mem}, Linux {}; load average {load} when the run started \
+         (other builds and tests running make the figures noisier)",
+        kernel.trim()
+    )
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let o = opts();
+    let machine = machine();
     let workspace = tempfile::tempdir().unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_beephost"))
         .args(["agent", "--python", &o.python, "--workspace"])
@@ -177,7 +184,7 @@ async fn main() {
          | agent RSS after the runs | {agent_busy:.1} MiB | |\n\
          | one idle worker RSS | {worker_idle:.1} MiB | ≤ 15 MiB |\n\
          {END}\n",
-        machine = machine(),
+        machine = machine,
         python = o.python,
         calls = o.calls,
         p50 = us(p50),

@@ -563,7 +563,7 @@ async fn read_loop<R: AsyncRead + Unpin>(reader: R, max_frame: usize, state: Arc
     let mut frames = FramedRead::with_capacity(reader, FrameCodec::new(max_frame), 64 << 10);
     let reason = loop {
         match frames.next().await {
-            Some(Ok(Frame::Data(payload))) => match serde_json::from_slice::<Response>(&payload) {
+            Some(Ok(Frame::Data(payload))) => match Response::from_slice(&payload) {
                 Ok(Response { id: Some(id), body }) => {
                     let tx = lock(&state).pending.remove(&id);
                     match tx {

@@ -232,13 +232,31 @@ impl Session {
         let _ = self.out.send(frame);
     }
 
+    /// Encodes `{"id", "ok"}` straight from the payload (no intermediate JSON value).
+    fn send_ok<T: serde::Serialize>(&self, id: u64, payload: &T) {
+        #[derive(serde::Serialize)]
+        struct OkFrame<'a, T> {
+            id: u64,
+            ok: &'a T,
+        }
+        match encode_json(&OkFrame { id, ok: payload }, self.cfg.max_frame) {
+            Ok(frame) => {
+                let _ = self.out.send(frame);
+            }
+            Err(e) => self.send(Response::error(
+                Some(id),
+                ErrorInfo::new(ErrorKind::FrameTooLarge, format!("reply not sent: {e}")),
+            )),
+        }
+    }
+
     /// Waits for the worker's first frame (id 0, with its Python version).
     async fn wait_ready(&mut self, io: &mut Io) -> Result<(), ErrorInfo> {
         let deadline = tokio::time::Instant::now() + self.cfg.start_timeout;
         let failure = loop {
             tokio::select! {
                 f = self.worker.replies.next() => match f {
-                    Some(Ok(Frame::Data(b))) => match serde_json::from_slice::<Response>(&b) {
+                    Some(Ok(Frame::Data(b))) => match Response::from_slice(&b) {
                         Ok(Response { id: Some(0), body: Body::Ok(v) }) => {
                             if let Some(version) = v.get("python_version").and_then(Value::as_str) {
                                 let _ = self.events.send(SessionEvent::Python { version: version.to_owned() });
@@ -430,7 +448,8 @@ impl Session {
             reply.stderr = stderr.text();
             reply.truncated = stdout.truncated || stderr.truncated;
             reply.session = self.name.clone();
-            Response::ok(request.id, reply)
+            self.send_ok(request.id, &reply);
+            return alive;
         } else {
             match waited {
                 Waited::Reply(Body::Ok(mut v)) => {
@@ -497,7 +516,7 @@ impl Session {
             tokio::select! {
                 biased;
                 f = self.worker.replies.next() => match f {
-                    Some(Ok(Frame::Data(b))) => match serde_json::from_slice::<Response>(&b) {
+                    Some(Ok(Frame::Data(b))) => match Response::from_slice(&b) {
                         Ok(r) if r.id == Some(seq) => break Waited::Reply(r.body),
                         Ok(r) => break Waited::Protocol(format!("worker replied to call {:?} while call {seq} was running", r.id)),
                         Err(e) => break Waited::Protocol(format!("worker sent an invalid reply: {e}")),

@@ -27,6 +27,30 @@ pub enum Body {
 }
 
 impl Response {
+    /// Parses one frame's payload. Faster than the derived `Deserialize` (which buffers the
+    /// flattened body), and checks that exactly one of `ok`, `error` and `event` is present.
+    pub fn from_slice(payload: &[u8]) -> Result<Response, serde_json::Error> {
+        #[derive(Deserialize)]
+        struct Raw {
+            id: Option<u64>,
+            ok: Option<Value>,
+            error: Option<ErrorInfo>,
+            event: Option<Event>,
+        }
+        let raw: Raw = serde_json::from_slice(payload)?;
+        let body = match (raw.ok, raw.error, raw.event) {
+            (Some(v), None, None) => Body::Ok(v),
+            (None, Some(e), None) => Body::Error(e),
+            (None, None, Some(e)) => Body::Event(e),
+            _ => {
+                return Err(serde::de::Error::custom(
+                    "a reply has exactly one of `ok`, `error` and `event`",
+                ))
+            }
+        };
+        Ok(Response { id: raw.id, body })
+    }
+
     pub fn ok(id: u64, payload: impl Serialize) -> Self {
         Response {
             id: Some(id),
@@ -391,6 +415,26 @@ mod tests {
             json!({"id": null, "error": {"type": "BadFrame", "message": "frame is not valid json"}})
         );
         assert_eq!(serde_json::from_value::<Response>(v).unwrap(), e);
+    }
+
+    #[test]
+    fn from_slice_matches_the_derived_parser() {
+        for v in [
+            json!({"id": 1, "ok": {"a": [1]}}),
+            json!({"id": null, "event": {"level": "warn", "message": "m"}}),
+            json!({"id": 2, "error": {"type": "Timeout", "message": "m", "session_lost": true}}),
+        ] {
+            let b = serde_json::to_vec(&v).unwrap();
+            assert_eq!(
+                Response::from_slice(&b).unwrap(),
+                serde_json::from_value::<Response>(v).unwrap()
+            );
+        }
+        assert!(Response::from_slice(br#"{"id": 1}"#).is_err());
+        assert!(Response::from_slice(
+            br#"{"id": 1, "ok": 1, "error": {"type": "x", "message": "y"}}"#
+        )
+        .is_err());
     }
 
     #[test]
