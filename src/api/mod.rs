@@ -118,6 +118,10 @@ mod tests {
     use tower::ServiceExt;
 
     fn app(fake: Arc<FakeRuntime>, token: Option<&str>) -> Router {
+        router(state(fake, token))
+    }
+
+    fn state(fake: Arc<FakeRuntime>, token: Option<&str>) -> Arc<AppState> {
         let runtimes = Runtimes::new(
             fake.clone(),
             Default::default(),
@@ -125,7 +129,7 @@ mod tests {
                 binary: std::env::current_exe().unwrap(),
             },
         );
-        router(Arc::new(AppState {
+        Arc::new(AppState {
             orchestrator: Orchestrator::new(
                 fake.clone(),
                 runtimes,
@@ -149,7 +153,7 @@ mod tests {
             ),
             default_source: RuntimeSource::Image("python:3.12-slim".into()),
             token: token.map(str::to_string),
-        }))
+        })
     }
 
     async fn call(app: Router, req: axum::http::Request<Body>) -> (u16, String, String) {
@@ -181,12 +185,18 @@ mod tests {
         fake.set_unavailable(true);
         let (status, _, _) = call(app(fake.clone(), None), get("/healthz")).await;
         assert_eq!(status, 200);
-        let (status, _, body) = call(app(fake.clone(), None), get("/readyz")).await;
+        let host = state(fake.clone(), None);
+        let (status, _, body) = call(router(host.clone()), get("/readyz")).await;
         assert_eq!(status, 503);
         assert!(body.contains("\"ready\":false"), "{body}");
         fake.set_unavailable(false);
-        let (status, _, _) = call(app(fake, None), get("/readyz")).await;
-        assert_eq!(status, 200);
+        // The engine answers, but the host has not reconciled its backends yet.
+        let (status, _, body) = call(router(host.clone()), get("/readyz")).await;
+        assert_eq!(status, 503, "{body}");
+        assert!(body.contains("\"reconciled\":false"), "{body}");
+        host.orchestrator.reconcile().await.unwrap();
+        let (status, _, body) = call(router(host), get("/readyz")).await;
+        assert_eq!(status, 200, "{body}");
     }
 
     #[tokio::test]
