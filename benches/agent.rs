@@ -118,7 +118,7 @@ async fn main() {
         .unwrap();
     let python_version = info
         .result
-        .and_then(|r| r.value().cloned())
+        .and_then(|r| r.value().and_then(|v| v.as_str()).map(str::to_owned))
         .unwrap_or_default();
     client.exec(&warm, "pass").await.unwrap();
     let agent_idle_rss = rss_kib(agent_pid);
@@ -173,7 +173,8 @@ async fn main() {
     let report = format!(
         "{START}\n## Agent (issue 3)\n\n\
          Run with `scripts/bench-agent.sh` (release build). `exec x = 1 + 1` through the agent's \
-         stdin/stdout by `AgentClient`, one tokio runtime with 2 worker threads; Python {python_version} (`--python {python}`).\n\n\
+         stdin/stdout of the release `beephost agent`, by `AgentClient` on a tokio runtime with 2 \
+         worker threads; workers run Python {python_version} (`--python {python}`).\n\n\
          Machine: {machine}.\n\n\
          | measure | result | target |\n| --- | --- | --- |\n\
          | round trip, warm session, {calls} calls: p50 | {p50} | ≤ 150 µs |\n\
@@ -210,7 +211,7 @@ async fn main() {
                 report,
                 &old[e + END.len()..].trim_start_matches('\n')
             ),
-            _ => format!("{}\n{report}", old.trim_end()),
+            _ => format!("{}\n\n{report}", old.trim_end()),
         };
         std::fs::write(&path, new).expect("write BENCHMARKS.md");
         eprintln!("updated {}", path.display());
