@@ -138,3 +138,18 @@ fn the_token_guards_the_api_when_set() {
     assert_eq!(out.code, 69, "{out:?}");
     let _ = Duration::from_secs(0);
 }
+
+#[test]
+fn sigterm_stops_the_host_gracefully() {
+    let label = TestLabel::new("sigterm");
+    let mut host = Host::start(
+        &label,
+        &["--no-prepare"],
+        &[("DOCKER_HOST", "unix:///nonexistent/docker.sock")],
+    );
+    assert_eq!(host.get("/healthz").0, 200);
+    let code = host.terminate(Duration::from_secs(10));
+    assert_eq!(code, Some(0), "exit status after SIGTERM\n{}", host.log());
+    assert!(host.log().contains("shutting down"), "{}", host.log());
+    assert_ne!(host.get("/healthz").0, 200, "still serving after SIGTERM");
+}

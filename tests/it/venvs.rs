@@ -719,6 +719,25 @@ fn venv_from_the_package_index_when_reachable() {
         "the second build downloaded again: {}",
         second.stdout
     );
+    // The admin venv: the management tools, pip and uv, from the index.
+    let admin = host.cli(&["--output", "json", "venv", "admin"]);
+    assert_eq!(admin.code, 0, "{admin:?}\n{}", host.log());
+    let venv = admin
+        .stdout
+        .lines()
+        .rev()
+        .map(json)
+        .find(|l| l.get("venv").is_some())
+        .expect("the admin venv")["venv"]
+        .clone();
+    let names: Vec<String> = packages(&venv)
+        .into_iter()
+        .map(|(n, _)| n.to_lowercase())
+        .collect();
+    assert!(
+        names.contains(&"pip".to_string()) && names.contains(&"uv".to_string()),
+        "{venv}"
+    );
 }
 
 /// The venv benchmark (scripts/bench-venv.sh runs it): a venv with one small package from the

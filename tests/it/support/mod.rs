@@ -222,6 +222,22 @@ impl Host {
         let _ = self.child.wait();
     }
 
+    /// Sends SIGTERM and waits (up to `within`) for the exit code.
+    pub fn terminate(&mut self, within: Duration) -> Option<i32> {
+        // SAFETY: kill(2) on our own child's pid; no memory is touched.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + within;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return status.code();
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// The host's log so far.
     pub fn log(&self) -> String {
         self.log.lock().unwrap().join("\n")
