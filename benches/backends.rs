@@ -97,6 +97,42 @@ fn machine() -> String {
     format!("{cores} cores ({cpu}), Docker engine {engine}")
 }
 
+/// One HTTP/1.1 connection with keep-alive and no Nagle delay.
+struct LeanClient {
+    sender: hyper::client::conn::http1::SendRequest<http_body_util::Full<bytes::Bytes>>,
+    host: String,
+}
+
+impl LeanClient {
+    async fn connect(base: &str) -> LeanClient {
+        let host = base.trim_start_matches("http://").to_string();
+        let stream = tokio::net::TcpStream::connect(&host).await.unwrap();
+        stream.set_nodelay(true).unwrap();
+        let (sender, conn) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+                .await
+                .unwrap();
+        tokio::spawn(conn);
+        LeanClient { sender, host }
+    }
+
+    async fn post(&mut self, path: &str, auth: &str, body: &str) -> bytes::Bytes {
+        use http_body_util::BodyExt;
+        let req = hyper::Request::post(path)
+            .header("host", &self.host)
+            .header("authorization", auth)
+            .header("content-type", "application/json")
+            .body(http_body_util::Full::new(bytes::Bytes::from(
+                body.to_string(),
+            )))
+            .unwrap();
+        self.sender.ready().await.unwrap();
+        let resp = self.sender.send_request(req).await.unwrap();
+        assert_eq!(resp.status(), 200);
+        resp.into_body().collect().await.unwrap().to_bytes()
+    }
+}
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let o = opts();
@@ -222,12 +258,45 @@ async fn main() {
         .json()
         .await
         .unwrap();
-    let ep = format!("{}/execute", b["endpoint"].as_str().unwrap());
     let token = b["token"].as_str().unwrap().to_string();
     let body = json!({"code": "x = 1 + 1", "session": "w"});
+    // A lean keep-alive HTTP/1.1 client (hyper's connection API), so the figure is the
+    // endpoint's and not a client library's.
+    let mut lean = LeanClient::connect(b["endpoint"].as_str().unwrap()).await;
+    let auth = format!("Bearer {token}");
+    let payload = body.to_string();
     for _ in 0..200 {
-        http.post(&ep)
-            .bearer_auth(&token)
+        lean.post("/execute", &auth, &payload).await;
+    }
+    let mut warm = Vec::with_capacity(o.calls);
+    for _ in 0..o.calls {
+        let t = Instant::now();
+        let bytes = lean.post("/execute", &auth, &payload).await;
+        warm.push(t.elapsed());
+        debug_assert!(!bytes.is_empty());
+    }
+    warm.sort();
+    // Where the time goes: a ping through the same endpoint (agent, no Python), and the same
+    // exec through the control plane.
+    let health = format!("{}/health", b["endpoint"].as_str().unwrap());
+    let mut ping = Vec::with_capacity(o.calls);
+    for _ in 0..o.calls {
+        let t = Instant::now();
+        http.get(&health)
+            .send()
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap();
+        ping.push(t.elapsed());
+    }
+    ping.sort();
+    let api = format!("{base}/v1/backends/warm/execute");
+    let mut via_api = Vec::with_capacity(o.calls);
+    for _ in 0..o.calls {
+        let t = Instant::now();
+        http.post(&api)
             .json(&body)
             .send()
             .await
@@ -235,22 +304,9 @@ async fn main() {
             .bytes()
             .await
             .unwrap();
+        via_api.push(t.elapsed());
     }
-    let mut warm = Vec::with_capacity(o.calls);
-    for _ in 0..o.calls {
-        let t = Instant::now();
-        let resp = http
-            .post(&ep)
-            .bearer_auth(&token)
-            .json(&body)
-            .send()
-            .await
-            .unwrap();
-        let bytes = resp.bytes().await.unwrap();
-        warm.push(t.elapsed());
-        debug_assert!(!bytes.is_empty());
-    }
-    warm.sort();
+    via_api.sort();
 
     // Idle memory of that backend, as the engine reports it.
     let filter = format!("label={label}");
@@ -303,7 +359,9 @@ async fn main() {
          | floor: `docker run --rm --network none <runtime> python3 -c pass` ({n} runs) | {f50} | {f99} | |\n\
          | start → first exec result (`POST /v1/backends`, then `POST /execute`) | {s50} | {s99} | |\n\
          | ratio to the floor | {ratio50:.2}× | {ratio99:.2}× | ≤ 1.3× |\n\
-         | warm exec `x = 1 + 1` through the http endpoint ({calls} calls) | {w50:.3} ms | {w99:.3} ms | p50 ≤ 0.5 ms, p99 ≤ 2 ms |\n\n\
+         | warm exec `x = 1 + 1` through the http endpoint ({calls} calls, one keep-alive connection, hyper's client) | {w50:.3} ms | {w99:.3} ms | p50 ≤ 0.5 ms, p99 ≤ 2 ms |\n\
+         | the same exec through `/v1/backends/{{id}}/execute` (reqwest) | {a50:.3} ms | {a99:.3} ms | |\n\
+         | `GET /health` through the endpoint (agent ping, no Python; reqwest) | {p50:.3} ms | {p99:.3} ms | |\n\n\
          | measure | result | target |\n| --- | --- | --- |\n\
          | {conc} backends started concurrently | {ok} ok, {failures} failed, {celapsed} in all | no error |\n\
          | an idle backend's memory (`docker stats`) | {idle_mem} | ≤ 25 MiB |\n\
@@ -319,6 +377,10 @@ async fn main() {
         calls = o.calls,
         w50 = percentile(&warm, 0.5).as_secs_f64() * 1e3,
         w99 = percentile(&warm, 0.99).as_secs_f64() * 1e3,
+        a50 = percentile(&via_api, 0.5).as_secs_f64() * 1e3,
+        a99 = percentile(&via_api, 0.99).as_secs_f64() * 1e3,
+        p50 = percentile(&ping, 0.5).as_secs_f64() * 1e3,
+        p99 = percentile(&ping, 0.99).as_secs_f64() * 1e3,
         conc = o.concurrent,
         ok = o.concurrent - failures,
         celapsed = ms(concurrent_elapsed),
