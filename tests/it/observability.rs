@@ -512,12 +512,20 @@ fn spans_reach_an_otlp_http_receiver_as_a_new_trace() {
 /// `backends.call` and the `agent.request` that carries the agent's own execution time; and the
 /// call is counted in `beephost_executions_total`.
 #[test]
-fn an_execute_call_is_one_trace_down_to_the_agent() {
-    let receiver = Receiver::grpc();
+fn an_execute_call_is_one_trace_down_to_the_agent_over_otlp_grpc() {
+    execute_chain(Receiver::grpc(), "grpc");
+}
+
+#[test]
+fn an_execute_call_is_one_trace_down_to_the_agent_over_otlp_http() {
+    execute_chain(Receiver::http(), "http/protobuf");
+}
+
+fn execute_chain(receiver: Receiver, protocol: &str) {
     let label = TestLabel::new("obs-exec");
     label.runtime();
     let service = format!("beephost-it-exec-{}", std::process::id());
-    let host = traced_host(&label, &receiver, "grpc", &service);
+    let host = traced_host(&label, &receiver, protocol, &service);
     host.wait_ready(Duration::from_secs(60));
     let out = host.cli(&["--output", "json", "start", "http", "--name", "traced"]);
     assert_eq!(out.code, 0, "{out:?}");
