@@ -111,18 +111,7 @@ impl DockerRuntime {
             .start_container(name, None)
             .await
             .map_err(|e| map_err("start_container", e))?;
-        let wait = async {
-            let mut stream = docker.wait_container(name, None);
-            match stream.next().await {
-                Some(Ok(r)) => Ok(r.status_code),
-                Some(Err(BollardError::DockerContainerWaitError { code, .. })) => Ok(code),
-                Some(Err(e)) => Err(map_err("wait_container", e)),
-                None => Err(Error::Engine {
-                    op: "wait_container",
-                    message: "wait stream ended without a status".into(),
-                }),
-            }
-        };
+        let wait = wait_exit(docker, name);
         let exit_code = tokio::time::timeout(Duration::from_secs(spec.timeout_secs.max(1)), wait)
             .await
             .map_err(|_| Error::Engine {
@@ -153,6 +142,20 @@ impl DockerRuntime {
             stdout: String::from_utf8_lossy(&stdout).into_owned(),
             stderr: String::from_utf8_lossy(&stderr).into_owned(),
         })
+    }
+}
+
+/// Waits for a container to exit and returns its exit code (non-zero codes are not errors).
+async fn wait_exit(docker: &Docker, name: &str) -> Result<i64> {
+    let mut stream = docker.wait_container(name, None);
+    match stream.next().await {
+        Some(Ok(r)) => Ok(r.status_code),
+        Some(Err(BollardError::DockerContainerWaitError { code, .. })) => Ok(code),
+        Some(Err(e)) => Err(map_err("wait_container", e)),
+        None => Err(Error::Engine {
+            op: "wait_container",
+            message: "wait stream ended without a status".into(),
+        }),
     }
 }
 
@@ -888,16 +891,7 @@ impl DockerRuntime {
                     output(String::from_utf8_lossy(&line).trim_end());
                 }
             }
-            let mut wait = docker.wait_container(&job.name, None);
-            match wait.next().await {
-                Some(Ok(r)) => Ok(r.status_code),
-                Some(Err(BollardError::DockerContainerWaitError { code, .. })) => Ok(code),
-                Some(Err(e)) => Err(map_err("wait_container", e)),
-                None => Err(Error::Engine {
-                    op: "wait_container",
-                    message: "wait stream ended without a status".into(),
-                }),
-            }
+            wait_exit(docker, &job.name).await
         };
         let exit_code = tokio::time::timeout(Duration::from_secs(job.timeout_secs.max(1)), follow)
             .await

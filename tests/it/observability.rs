@@ -2,7 +2,6 @@
 //! its HTTP API; an OTLP receiver (gRPC and HTTP) receives the host's spans; the dashboard and
 //! alert rules only name metrics the host exports, and promtool accepts the rules.
 
-use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -48,40 +47,9 @@ fn percent_encode(s: &str) -> String {
         .collect()
 }
 
-/// A GET with extra headers; returns status and body (not chunked: the API answers these
-/// with a length).
+/// A GET with extra headers; returns status and body.
 fn get_with(url: &str, headers: &[(&str, &str)]) -> (u16, String) {
-    let rest = url.strip_prefix("http://").expect("http url");
-    let (addr, path) = rest
-        .split_once('/')
-        .map(|(a, p)| (a, format!("/{p}")))
-        .unwrap_or((rest, "/".into()));
-    let mut stream = match std::net::TcpStream::connect(addr) {
-        Ok(s) => s,
-        Err(e) => return (0, e.to_string()),
-    };
-    stream
-        .set_read_timeout(Some(Duration::from_secs(30)))
-        .unwrap();
-    let mut req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
-    for (k, v) in headers {
-        req.push_str(&format!("{k}: {v}\r\n"));
-    }
-    req.push_str("\r\n");
-    stream.write_all(req.as_bytes()).unwrap();
-    let mut raw = Vec::new();
-    let _ = stream.read_to_end(&mut raw);
-    let text = String::from_utf8_lossy(&raw).into_owned();
-    let status = text
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    (status, body)
+    crate::support::http_with("GET", url, None, headers)
 }
 
 /// A Prometheus server on a free loopback port, scraping `target` every second; killed on drop.
