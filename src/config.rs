@@ -48,6 +48,7 @@ pub struct FileConfig {
     pub run_dir: Option<PathBuf>,
     pub backend_bind: Option<String>,
     pub backend_ports: Option<String>,
+    pub oci_runtime: Option<String>,
     pub metrics_listen: Option<String>,
     pub index_url: Option<String>,
     pub ca_bundle: Option<PathBuf>,
@@ -85,6 +86,8 @@ pub struct ServeSettings {
     pub host_id: String,
     /// Where backend endpoints are bound.
     pub endpoints: crate::endpoints::EndpointSettings,
+    /// OCI runtime of sandbox containers (`runsc` for gVisor); the engine's default when `None`.
+    pub oci_runtime: Option<String>,
     /// A second listener that serves only `/metrics` (unauthenticated, like the probes), so
     /// Prometheus can scrape from a network the API is not exposed on.
     pub metrics_listen: Option<SocketAddr>,
@@ -204,7 +207,21 @@ impl ServeSettings {
                 .or(file.run_dir)
                 .unwrap_or_else(crate::endpoints::default_run_dir),
         };
+        let oci_runtime = args
+            .oci_runtime
+            .clone()
+            .or(file.oci_runtime)
+            .filter(|r| !r.is_empty());
+        if let Some(bad) = oci_runtime.as_deref().filter(|r| {
+            !r.chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        }) {
+            return Err(ConfigError(format!(
+                "OCI runtime `{bad}` is not a runtime name like runsc"
+            )));
+        }
         Ok(ServeSettings {
+            oci_runtime,
             venvs,
             host_id,
             endpoints,

@@ -42,6 +42,8 @@ pub const BEEPHOST_FIND_LINKS_ROOTS: &str = "BEEPHOST_FIND_LINKS_ROOTS";
 pub const BEEPHOST_NO_INDEX: &str = "BEEPHOST_NO_INDEX";
 /// Accept `name @ https://…` requirements in venvs (`serve --allow-url-requirements`).
 pub const BEEPHOST_ALLOW_URL_REQUIREMENTS: &str = "BEEPHOST_ALLOW_URL_REQUIREMENTS";
+/// OCI runtime of sandbox containers, such as `runsc` for gVisor (`serve --oci-runtime`).
+pub const BEEPHOST_OCI_RUNTIME: &str = "BEEPHOST_OCI_RUNTIME";
 /// Output format of client subcommands: `table` or `json` (`--output`).
 pub const BEEPHOST_OUTPUT: &str = "BEEPHOST_OUTPUT";
 /// A second listener serving only `/metrics` (`serve --metrics-listen`), e.g. for an admin network.

@@ -44,7 +44,7 @@ pub fn state(settings: &ServeSettings, engine: Arc<dyn ContainerRuntime>) -> Arc
             host_id: settings.host_id.clone(),
             extra_labels: settings.labels.clone(),
             bounds: Default::default(),
-            oci_runtime: None,
+            oci_runtime: settings.oci_runtime.clone(),
         },
     );
     Arc::new(AppState {

@@ -129,6 +129,9 @@ pub struct ServeArgs {
     /// Address backend http endpoints bind to [default: 127.0.0.1]
     #[arg(long, env = env_vars::BEEPHOST_BACKEND_BIND)]
     pub backend_bind: Option<String>,
+    /// OCI runtime for sandbox containers, such as runsc (gVisor) [default: the engine's]
+    #[arg(long, env = env_vars::BEEPHOST_OCI_RUNTIME)]
+    pub oci_runtime: Option<String>,
     /// Port range of backend http endpoints, LO-HI [default: any free port]
     #[arg(long, env = env_vars::BEEPHOST_BACKEND_PORTS)]
     pub backend_ports: Option<String>,

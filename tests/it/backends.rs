@@ -265,7 +265,8 @@ fn inspect(container: &str, format: &str) -> String {
 
 #[test]
 fn sandboxes_are_hardened_and_have_no_network() {
-    let (label, host) = host("bk-hard", &[]);
+    // The OCI runtime is a setting (runsc for gVisor); runc, named explicitly, proves the plumbing.
+    let (label, host) = host("bk-hard", &["--oci-runtime", "runc"]);
     let b = start(
         &host,
         &[
@@ -311,6 +312,7 @@ fn sandboxes_are_hardened_and_have_no_network() {
     assert_eq!(inspect(c, "{{.HostConfig.NanoCpus}}"), "500000000");
     assert_eq!(inspect(c, "{{.HostConfig.LogConfig.Type}}"), "none");
     assert_eq!(inspect(c, "{{.HostConfig.Init}}"), "true");
+    assert_eq!(inspect(c, "{{.HostConfig.Runtime}}"), "runc");
     assert_eq!(inspect(c, "{{.HostConfig.RestartPolicy.Name}}"), "no");
     assert_eq!(
         inspect(c, "{{json .Mounts}}"),
