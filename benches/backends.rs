@@ -390,9 +390,12 @@ async fn main() {
 
     let _ = host.kill();
     let _ = host.wait();
+    // Containers first, then images in rounds: a parent goes once its children have.
     for args in [
         vec!["ps", "-aq", "--filter", filter.as_str()],
-        vec!["images", "-q", "--filter", filter.as_str()],
+        vec!["images", "-aq", "--filter", filter.as_str()],
+        vec!["images", "-aq", "--filter", filter.as_str()],
+        vec!["images", "-aq", "--filter", filter.as_str()],
     ] {
         let ids = docker(&args);
         let ids: Vec<&str> = ids.lines().collect();
