@@ -20,7 +20,7 @@ fn s(v: &Value, k: &str) -> String {
 }
 
 /// The path segment of a backend (its id or name), checked before it goes into a URL.
-fn segment(name: &str) -> Result<&str, ClientError> {
+pub(crate) fn segment(name: &str) -> Result<&str, ClientError> {
     if !name.is_empty()
         && name
             .chars()

@@ -16,13 +16,8 @@ fn s(r: &Value, k: &str) -> String {
 pub async fn run(global: &GlobalArgs, args: StatusArgs) -> ExitCode {
     let client = ApiClient::new(global);
     if let Some(name) = args.name {
-        let ok = !name.is_empty()
-            && name
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
-        if !ok {
-            output::error(&format!("`{name}` is not a backend name or id"), None);
-            return ExitCode::Usage;
+        if let Err(e) = super::backends::segment(&name) {
+            return e.report();
         }
         return match client.get::<Value>(&format!("/v1/backends/{name}")).await {
             Ok(b) if global.output == Output::Json => {
