@@ -309,7 +309,14 @@ impl Backends {
     /// Restarts a backend's container: its sessions are gone, its endpoint and token stay.
     pub async fn restart(&self, id_or_name: &str) -> Result<BackendView, Error> {
         let live = self.find(id_or_name).ok_or_else(|| not_found(id_or_name))?;
-        // Out of the registry first, so the stream watcher does not treat the restart as a death.
+        // Reserved, so reconciliation leaves it alone; out of the registry, so the stream
+        // watcher does not take the restart for a death.
+        if !self.reserved.lock().unwrap().insert(live.name.clone()) {
+            return Err(Error::Conflict(format!(
+                "backend `{}` is busy starting or restarting",
+                live.name
+            )));
+        }
         self.live.lock().unwrap().remove(&live.id);
         let endpoint = live.endpoint.lock().unwrap().take();
         let restarted = async {
@@ -325,6 +332,7 @@ impl Backends {
                 .await
         }
         .await;
+        self.reserved.lock().unwrap().remove(&live.name);
         if let Err(e) = restarted {
             tracing::error!(backend = %live.name, error = %e, "restart failed; removing the backend");
             let _ = self.engine.remove_container(&live.container_id).await;

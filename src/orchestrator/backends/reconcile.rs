@@ -33,6 +33,12 @@ impl Backends {
         let containers = self.engine.list_containers(&self.owned_filter()).await?;
         let mut report = ReconcileReport::default();
         for c in containers {
+            // A backend being created or restarted right now is not reconciliation's business.
+            let name = c.labels.get(keys::NAME).cloned().unwrap_or_default();
+            if self.reserved.lock().unwrap().contains(&name) {
+                report.kept += 1;
+                continue;
+            }
             let id = c.labels.get(keys::ID).cloned().unwrap_or_default();
             let known = self.live.lock().unwrap().get(&id).cloned();
             let running = c.state == "running";
@@ -159,5 +165,82 @@ impl From<LimitsLabel> for Limits {
             pids: l.pids,
             timeout_secs: l.timeout_secs,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::orchestrator::backends::{BackendsConfig, Endpoints};
+    use crate::runtime::fake::FakeRuntime;
+    use crate::runtime::{ContainerRuntime, SandboxSpec};
+
+    /// Endpoints are not this test's business.
+    struct NoEndpoints;
+
+    #[async_trait::async_trait]
+    impl Endpoints for NoEndpoints {
+        async fn open(
+            &self,
+            _transport: Transport,
+            _name: &str,
+            _previous: Option<&str>,
+            _target: EndpointTarget,
+        ) -> Result<OpenEndpoint, Error> {
+            Err(Error::NotImplemented("endpoints in this test"))
+        }
+    }
+
+    fn container(owner: &str, name: &str) -> SandboxSpec {
+        let mut labels = crate::labels::base("backend", &Labels::new());
+        labels.insert(keys::OWNER.into(), owner.into());
+        labels.insert(keys::NAME.into(), name.into());
+        labels.insert(keys::ID.into(), format!("id-{name}"));
+        SandboxSpec {
+            name: format!("beephost-{name}"),
+            labels,
+            ..Default::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn reconcile_spares_backends_being_started_and_other_hosts() {
+        let fake = Arc::new(FakeRuntime::default());
+        let backends = Backends::new(
+            fake.clone(),
+            Arc::new(NoEndpoints),
+            BackendsConfig {
+                host_id: "me".into(),
+                extra_labels: Labels::new(),
+                bounds: Default::default(),
+                oci_runtime: None,
+            },
+        );
+        // Ours, created but not started yet (a create in flight), and another host's.
+        fake.create_sandbox(&container("me", "busy")).await.unwrap();
+        fake.create_sandbox(&container("someone-else", "theirs"))
+            .await
+            .unwrap();
+        backends.reserved.lock().unwrap().insert("busy".into());
+        let report = backends.reconcile().await.unwrap();
+        assert_eq!((report.kept, report.removed), (1, 0), "{report:?}");
+        let count = || {
+            let fake = fake.clone();
+            async move { fake.list_containers(&Labels::new()).await.unwrap().len() }
+        };
+        assert_eq!(count().await, 2);
+        // Once the create is over (it failed, say), the dead container is ours to remove.
+        backends.reserved.lock().unwrap().remove("busy");
+        let report = backends.reconcile().await.unwrap();
+        assert_eq!(report.removed, 1, "{report:?}");
+        let left = fake.list_containers(&Labels::new()).await.unwrap();
+        assert_eq!(left.len(), 1);
+        assert_eq!(
+            left[0].labels[keys::OWNER],
+            "someone-else",
+            "another host's container was touched"
+        );
     }
 }
