@@ -12,11 +12,7 @@ fn print_json(v: &Value) {
 }
 
 fn s(v: &Value, k: &str) -> String {
-    match v.get(k) {
-        Some(Value::String(s)) => s.clone(),
-        Some(Value::Null) | None => "-".into(),
-        Some(other) => other.to_string(),
-    }
+    super::output::field(v, k, "-")
 }
 
 /// The path segment of a backend (its id or name), checked before it goes into a URL.

@@ -47,6 +47,16 @@ pub fn table(header: &[&str], rows: &[Vec<String>]) {
     }
 }
 
+/// A field of a JSON reply as text: strings as they are, other values as JSON, and `missing`
+/// for an absent or null field.
+pub fn field(v: &serde_json::Value, key: &str, missing: &str) -> String {
+    match v.get(key) {
+        Some(serde_json::Value::String(s)) => s.clone(),
+        Some(serde_json::Value::Null) | None => missing.to_string(),
+        Some(other) => other.to_string(),
+    }
+}
+
 /// Human size: 1.2 GB, 34 MB, 5 kB.
 pub fn size(bytes: u64) -> String {
     const UNITS: [&str; 5] = ["B", "kB", "MB", "GB", "TB"];

@@ -5,12 +5,8 @@ use serde_json::{json, Value};
 use super::client::ApiClient;
 use super::{output, ExitCode, GlobalArgs, Output, StatusArgs};
 
-fn s(r: &Value, k: &str) -> String {
-    match r.get(k) {
-        Some(Value::String(s)) => s.clone(),
-        Some(Value::Null) | None => String::new(),
-        Some(other) => other.to_string(),
-    }
+fn s(v: &Value, k: &str) -> String {
+    super::output::field(v, k, "")
 }
 
 pub async fn run(global: &GlobalArgs, args: StatusArgs) -> ExitCode {

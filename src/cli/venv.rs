@@ -168,7 +168,7 @@ fn summary(venv: &Value) {
 }
 
 fn s(v: &Value, k: &str) -> String {
-    v.get(k).and_then(Value::as_str).unwrap_or("").to_string()
+    super::output::field(v, k, "")
 }
 
 async fn list(global: &GlobalArgs, client: &ApiClient) -> Result<(), ClientError> {
