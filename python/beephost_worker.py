@@ -360,10 +360,30 @@ class Session:
         return {"pong": True}
 
 
+def reply_encoder():
+    """json.dumps with options builds an encoder on every call; this one is built once (and
+    again after a failure, which may leave its circular-reference markers dirty)."""
+    encoder = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    try:
+        # The C encoder behind json.dumps, called the way json.encoder calls it.
+        chunks = json.encoder.c_make_encoder(
+            {}, encoder.default, json.encoder.encode_basestring, None, ":", ",", False, False, False
+        )
+        if "".join(chunks({"a": [1, "é"]}, 0)) == '{"a":[1,"é"]}':
+            return lambda value: "".join(chunks(value, 0))
+    except Exception:  # another Python's private API: fall back to the public one
+        pass
+    return encoder.encode
+
+
+REPLY_ENCODER = [reply_encoder()]
+
+
 def encode(reply):
     try:
-        data = json.dumps(reply, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
-    except (TypeError, ValueError) as e:
+        data = REPLY_ENCODER[0](reply)
+    except (TypeError, ValueError, RecursionError) as e:
+        REPLY_ENCODER[0] = reply_encoder()
         data = json.dumps(
             {
                 "id": reply.get("id"),
@@ -374,6 +394,22 @@ def encode(reply):
     # always receives valid UTF-8.
     body = data.encode("utf-8", "replace")
     return HEADER.pack(MAGIC, len(body)) + body
+
+
+SCAN_JSON = json.JSONDecoder().scan_once
+
+
+def decode_request(payload):
+    """json.loads without its per-call encoding detection and whitespace matching (frames from
+    the agent are compact UTF-8); anything else takes json.loads, which also words the error."""
+    try:
+        text = payload.decode("utf-8")
+        value, end = SCAN_JSON(text, 0)
+        if end == len(text):
+            return value
+    except (ValueError, StopIteration):
+        pass
+    return json.loads(payload)
 
 
 def write_all(fd, data):
@@ -438,7 +474,7 @@ def serve(request_fd, reply_fd):
         if payload is None:
             return 0
         try:
-            request = json.loads(payload)
+            request = decode_request(payload)
         except ValueError as e:
             request = None
             reply = {"error": {"type": "BadFrame", "message": "frame is not valid json: %s" % e}}

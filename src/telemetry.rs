@@ -16,6 +16,7 @@ use opentelemetry::trace::{TraceContextExt, TracerProvider as _};
 use opentelemetry_sdk::trace::SdkTracerProvider;
 use tracing::dispatcher::WeakDispatch;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
+use tracing_subscriber::filter::FilterExt as _;
 use tracing_subscriber::filter::Targets;
 use tracing_subscriber::fmt::format::{FormatEvent, FormatFields, Writer};
 use tracing_subscriber::fmt::FmtContext;
@@ -26,6 +27,9 @@ use tracing_subscriber::{EnvFilter, Layer, Registry};
 
 use crate::config::LogFormat;
 use crate::env_vars;
+
+/// Spans made on every call through a backend: exported as traces, kept out of the logs.
+pub const PER_CALL_SPANS: &[&str] = &["backends.call", "agent.request"];
 
 /// The subscriber, once traces are on; JSON log lines look span contexts up through it.
 static OTEL_DISPATCH: OnceLock<WeakDispatch> = OnceLock::new();
@@ -79,6 +83,12 @@ fn env_flag(name: &str) -> bool {
 pub fn init(format: LogFormat) -> Result<Telemetry, String> {
     let filter =
         EnvFilter::try_from_env(env_vars::BEEPHOST_LOG).unwrap_or_else(|_| EnvFilter::new("info"));
+    // The spans of every backend call are for traces only: logs would format their fields on
+    // each call (the warm exec path's largest cost inside the host), and with traces off no
+    // layer wants them, so they are never built.
+    let filter = filter.and(tracing_subscriber::filter::filter_fn(|meta| {
+        !(meta.is_span() && PER_CALL_SPANS.contains(&meta.name()))
+    }));
     let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
     let fmt: Box<dyn Layer<Registry> + Send + Sync> = match format {
         LogFormat::Json => fmt
