@@ -150,6 +150,24 @@ def test_encode_replaces_lone_surrogates_and_refuses_nan():
     assert bad["error"]["type"] == "WorkerProtocol"
 
 
+def test_encoder_is_reused_and_recovers_from_a_failed_reply():
+    shared = [1, 2]
+    reply = {"id": 3, "ok": {"a": shared, "b": shared}}  # the same list twice is not a cycle
+    for _ in range(2):
+        assert json.loads(bw.encode(reply)[bw.HEADER.size :]) == {"id": 3, "ok": {"a": [1, 2], "b": [1, 2]}}
+    # A failure half-way through a reply must not poison the next one.
+    assert json.loads(bw.encode({"id": 4, "ok": [shared, math.inf]})[bw.HEADER.size :])["error"]["type"] == "WorkerProtocol"
+    assert json.loads(bw.encode({"id": 5, "ok": shared})[bw.HEADER.size :]) == {"id": 5, "ok": [1, 2]}
+
+
+def test_decode_request_is_json_loads():
+    assert bw.decode_request(b'{"id":1,"op":"exec","code":"\xc3\xa9"}') == {"id": 1, "op": "exec", "code": "é"}
+    assert bw.decode_request(b' {"id": 2} ') == {"id": 2}  # whitespace takes json.loads
+    for bad in (b'{"id": 1} x', b"\xff", b"", b"[1,"):
+        with pytest.raises(ValueError):
+            bw.decode_request(bad)
+
+
 def test_sigint_outside_user_code_is_ignored(s):
     # Handler as installed by serve(): only raises while user code runs.
     def on_sigint(signum, frame):
