@@ -16,7 +16,7 @@ use futures_util::StreamExt;
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tokio_util::codec::FramedRead;
 
@@ -201,9 +201,14 @@ impl State {
     }
 }
 
+type BoxWrite = Box<dyn AsyncWrite + Unpin + Send>;
+
 struct Inner {
     state: Arc<Mutex<State>>,
-    out: mpsc::UnboundedSender<Bytes>,
+    /// The agent's input. Callers write their own frames under this lock (no hand-off to a
+    /// writer task, which on a multi-threaded runtime often meant a wake of another thread on
+    /// every call); see [`AgentClient::send_frame`].
+    writer: Arc<tokio::sync::Mutex<BoxWrite>>,
     next_id: AtomicU64,
     max_frame: usize,
     reader: JoinHandle<()>,
@@ -212,6 +217,14 @@ struct Inner {
 impl Drop for Inner {
     fn drop(&mut self) {
         self.reader.abort();
+        // Close the agent's input once pending writes are done (an agent on pipes then sees
+        // end of input and exits).
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            let writer = self.writer.clone();
+            rt.spawn(async move {
+                let _ = writer.lock().await.shutdown().await;
+            });
+        }
     }
 }
 
@@ -246,13 +259,11 @@ impl AgentClient {
         W: AsyncWrite + Unpin + Send + 'static,
     {
         let state = Arc::new(Mutex::new(State::default()));
-        let (out, rx) = mpsc::unbounded_channel();
-        tokio::spawn(write_loop(rx, writer, state.clone()));
         let reader = tokio::spawn(read_loop(reader, max_frame, state.clone()));
         AgentClient {
             inner: Arc::new(Inner {
                 state,
-                out,
+                writer: Arc::new(tokio::sync::Mutex::new(Box::new(writer))),
                 // Random start: replies to a previous host's requests can never match ours.
                 next_id: AtomicU64::new((rand::random::<u64>() >> 12) + 1),
                 max_frame,
@@ -266,7 +277,7 @@ impl AgentClient {
         let nonce = format!("{:032x}", rand::random::<u128>());
         // Padding first: it completes any header a previous host left half-written, so the
         // agent's decoder is at a frame boundary (or skipping garbage) when our hello arrives.
-        let _ = self.inner.out.send(Bytes::from_static(&[0u8; 8]));
+        self.send_frame(Bytes::from_static(&[0u8; 8])).await;
         let op = Op::Hello(Hello {
             nonce: nonce.clone(),
             protocol: PROTOCOL_VERSION,
@@ -297,6 +308,29 @@ impl AgentClient {
         lock(&self.inner.state).closed.is_some()
     }
 
+    /// Writes one whole frame to the agent. A frame is never cut: the write runs in the
+    /// caller's task while it completes at once (a small frame into a pipe or socket with room,
+    /// the usual case), and otherwise goes on in a task of its own, so a caller that is
+    /// cancelled mid-write cannot leave half a frame behind. A failed write closes the client.
+    async fn send_frame(&self, frame: Bytes) {
+        let guard = self.inner.writer.clone().lock_owned().await;
+        let state = self.inner.state.clone();
+        let mut write = Box::pin(async move {
+            let mut writer = guard;
+            let result = match writer.write_all(&frame).await {
+                Ok(()) => writer.flush().await,
+                Err(e) => Err(e),
+            };
+            if let Err(e) = result {
+                lock(&state).close(&format!("writing to the agent failed: {e}"));
+            }
+        });
+        let done = futures_util::poll!(write.as_mut()).is_ready();
+        if !done {
+            tokio::spawn(write);
+        }
+    }
+
     /// Sends one request and returns the `ok` payload, or the error as a [`ClientError`].
     pub async fn request(&self, opts: &CallOpts, op: Op) -> Result<Value, ClientError> {
         let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
@@ -317,9 +351,7 @@ impl AgentClient {
             }
             state.pending.insert(id, tx);
         }
-        if self.inner.out.send(frame).is_err() {
-            lock(&self.inner.state).close("writer stopped");
-        }
+        self.send_frame(frame).await;
         let body = rx.await.unwrap_or_else(|_| {
             Err(ClientError::BackendGone {
                 reason: "client dropped".into(),
@@ -537,26 +569,6 @@ impl AgentClient {
         });
         self.typed(&CallOpts::default(), op).await
     }
-}
-
-async fn write_loop<W: AsyncWrite + Unpin>(
-    mut rx: mpsc::UnboundedReceiver<Bytes>,
-    mut writer: W,
-    state: Arc<Mutex<State>>,
-) {
-    while let Some(frame) = rx.recv().await {
-        if let Err(e) = writer.write_all(&frame).await {
-            lock(&state).close(&format!("writing to the agent failed: {e}"));
-            return;
-        }
-        if rx.is_empty() {
-            if let Err(e) = writer.flush().await {
-                lock(&state).close(&format!("writing to the agent failed: {e}"));
-                return;
-            }
-        }
-    }
-    let _ = writer.shutdown().await;
 }
 
 async fn read_loop<R: AsyncRead + Unpin>(reader: R, max_frame: usize, state: Arc<Mutex<State>>) {
