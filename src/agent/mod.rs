@@ -183,14 +183,9 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
                 .build()
                 .map_err(AgentError::Stdio)
                 .and_then(|rt| {
-                    // Served from a task, not from `block_on` itself: waking the `block_on`
-                    // future always goes through the driver's eventfd, even from this thread,
-                    // which cost a syscall and an extra turn of the event loop per call.
                     rt.block_on(async {
                         let (input, output) = stdio().map_err(AgentError::Stdio)?;
-                        tokio::spawn(serve(cfg, input, output))
-                            .await
-                            .map_err(|e| AgentError::Stdio(std::io::Error::other(e)))?
+                        serve(cfg, input, output).await
                     })
                 });
             let _ = done_tx.send(result);

@@ -151,7 +151,11 @@ impl Session {
             }
         };
         let ttl = self.cfg.idle_ttl;
-        let mut idle_deadline = ttl.map(|t| tokio::time::Instant::now() + t);
+        // One timer for the whole session, moved later after each job: a new timer per job
+        // would be registered ahead of the driver's next wake-up, and registering one makes
+        // the driver wake itself (an eventfd write and an extra turn of the loop per call).
+        let idle = tokio::time::sleep(ttl.unwrap_or(Duration::MAX / 4));
+        tokio::pin!(idle);
         let mut closing_error = ErrorInfo::new(ErrorKind::SessionClosed, "session was closed");
         while alive {
             let job = tokio::select! {
@@ -180,7 +184,7 @@ impl Session {
                     closing_error = ErrorInfo::new(ErrorKind::SessionClosed, format!("session ended: {message}"));
                     break;
                 }
-                _ = sleep_until(idle_deadline.unwrap_or_else(tokio::time::Instant::now)), if idle_deadline.is_some() => {
+                _ = &mut idle, if ttl.is_some() => {
                     // Idle TTL: stop taking jobs, but run what was queued before the close.
                     jobs.close();
                     closing_error = ErrorInfo::new(ErrorKind::SessionClosed, "session expired after its idle ttl");
@@ -196,7 +200,9 @@ impl Session {
             if self.name.is_none() {
                 break;
             }
-            idle_deadline = ttl.map(|t| tokio::time::Instant::now() + t);
+            if let Some(t) = ttl {
+                idle.as_mut().reset(tokio::time::Instant::now() + t);
+            }
         }
         self.worker.kill_group();
         jobs.close();
