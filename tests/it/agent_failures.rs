@@ -240,6 +240,26 @@ async fn idle_sessions_expire() {
 }
 
 #[tokio::test]
+async fn each_call_moves_the_idle_deadline() {
+    let a = Agent::start(&["--idle-ttl", "1.0"]).await;
+    a.exec("s", "n = 0").await;
+    // Calls every 0.3 s for twice the ttl: the session must live through all of them.
+    let started = std::time::Instant::now();
+    while started.elapsed() < std::time::Duration::from_secs(2) {
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        let r = a.exec("s", "n += 1").await;
+        assert!(r.error.is_none(), "the session expired while in use: {r:?}");
+    }
+    assert!(a.value("s", "n").await.as_i64().unwrap() >= 5);
+    eventually(20, "the idle session to expire", || async {
+        let l = a.client.session_list().await.unwrap();
+        l.sessions.is_empty().then_some(())
+    })
+    .await;
+    a.stop().await;
+}
+
+#[tokio::test]
 async fn a_bad_python_fails_the_call_not_the_agent() {
     let a = Agent::start(&["--python", "/nonexistent/python3"]).await;
     let e = a
