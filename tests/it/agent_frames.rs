@@ -10,7 +10,9 @@ use tokio::io::AsyncWriteExt;
 use tokio::process::{ChildStdin, ChildStdout};
 use tokio_util::codec::FramedRead;
 
-use crate::agent::{spawn_raw, within};
+use std::time::Duration;
+
+use crate::agent::{eventually, spawn_raw, within};
 
 struct Raw {
     stdin: ChildStdin,
@@ -227,4 +229,33 @@ async fn many_requests_in_flight_on_one_stream() {
         assert_eq!(v, Some(json!(i * 2)), "reply {i} matched its request");
     }
     a.stop().await;
+}
+
+#[tokio::test]
+async fn a_caller_cancelled_mid_write_never_cuts_its_frame() {
+    let (mut child, stdin, stdout, _ws) = spawn_raw(&[]);
+    let client = within(30, AgentClient::connect(stdout, stdin))
+        .await
+        .unwrap();
+    let s = CallOpts::session("s");
+    // A frame far larger than a pipe holds, so its write cannot finish in one go; the caller
+    // gives up almost at once.
+    let code = format!("written = True\n#{}", "x".repeat(4 << 20));
+    let cancelled = tokio::time::timeout(Duration::from_millis(1), client.exec(&s, &code)).await;
+    assert!(
+        cancelled.is_err(),
+        "the big call was still writing when cancelled"
+    );
+    // The frame went out whole all the same: the cell ran, and the stream is still in step.
+    let seen = eventually(30, "the cancelled cell to have run", || async {
+        let r = client.exec(&s, "globals().get('written')").await.unwrap();
+        r.result
+            .and_then(|o| o.value().cloned())
+            .filter(|v| v == &json!(true))
+    })
+    .await;
+    assert_eq!(seen, json!(true));
+    assert!(client.ping().await.unwrap().pong);
+    drop(client);
+    assert!(within(30, child.wait()).await.unwrap().success());
 }
