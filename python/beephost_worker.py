@@ -376,14 +376,15 @@ def reply_encoder():
     return encoder.encode
 
 
-REPLY_ENCODER = [reply_encoder()]
+REPLY_ENCODER = reply_encoder()
 
 
 def encode(reply):
+    global REPLY_ENCODER
     try:
-        data = REPLY_ENCODER[0](reply)
+        data = REPLY_ENCODER(reply)
     except (TypeError, ValueError, RecursionError) as e:
-        REPLY_ENCODER[0] = reply_encoder()
+        REPLY_ENCODER = reply_encoder()
         data = json.dumps(
             {
                 "id": reply.get("id"),

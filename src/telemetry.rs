@@ -29,7 +29,7 @@ use crate::config::LogFormat;
 use crate::env_vars;
 
 /// Spans made on every call through a backend: exported as traces, kept out of the logs.
-pub const PER_CALL_SPANS: &[&str] = &["backends.call", "agent.request"];
+const PER_CALL_SPANS: &[&str] = &["backends.call", "agent.request"];
 
 /// The subscriber, once traces are on; JSON log lines look span contexts up through it.
 static OTEL_DISPATCH: OnceLock<WeakDispatch> = OnceLock::new();
@@ -84,8 +84,7 @@ pub fn init(format: LogFormat) -> Result<Telemetry, String> {
     let filter =
         EnvFilter::try_from_env(env_vars::BEEPHOST_LOG).unwrap_or_else(|_| EnvFilter::new("info"));
     // The spans of every backend call are for traces only: logs would format their fields on
-    // each call (the warm exec path's largest cost inside the host), and with traces off no
-    // layer wants them, so they are never built.
+    // each call, and with traces off no layer wants them, so they are never built.
     let filter = filter.and(tracing_subscriber::filter::filter_fn(|meta| {
         !(meta.is_span() && PER_CALL_SPANS.contains(&meta.name()))
     }));
